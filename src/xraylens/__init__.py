@@ -1,0 +1,89 @@
+"""xraylens: see why chest X-ray classifiers decide what they decide.
+
+The public API (see ``docs/``): registry functions (``list_*``, ``get_*``), the base classes
+``Classifier``, ``Attributor``, ``Profiler``, the ``Attribution`` result, and ``xraylens.data``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xraylens import data
+from xraylens.core.attribution import Attribution
+from xraylens.core.attributor import Attributor
+from xraylens.core.classifier import Classifier
+from xraylens.core.engine import Engine
+from xraylens.core.profiler import Profiler
+from xraylens.errors import (
+    ImageReadError,
+    InputError,
+    PluginConflictError,
+    UnknownPluginError,
+    WeightsError,
+    XraylensError,
+)
+from xraylens.hookspecs import hookimpl, hookspec
+from xraylens.plugins import register_plugin, unregister_plugin
+from xraylens.plugins import create as _create
+from xraylens.plugins import names as _names
+
+__version__ = "0.1.0.dev0"
+
+
+def list_classifiers() -> list[str]:
+    """Sorted names of the registered classifiers."""
+    return _names("classifier")
+
+
+def list_attributors() -> list[str]:
+    """Sorted names of the registered attributors."""
+    return _names("attributor")
+
+
+def list_profilers() -> list[str]:
+    """Sorted names of the registered profilers."""
+    return _names("profiler")
+
+
+def get_classifier(name: str, **kwargs: Any) -> Classifier:
+    """Build the classifier ``name`` (e.g. ``"resnet18"``); kwargs go to its factory.
+
+    Unknown name: :class:`UnknownPluginError` listing close matches.
+    """
+    return _create("classifier", name, kwargs)
+
+
+def get_attributor(name: str, **kwargs: Any) -> Attributor:
+    """Build the attributor ``name`` (e.g. ``"deeplift"``); kwargs are its parameters."""
+    return _create("attributor", name, kwargs)
+
+
+def get_profiler(name: str, **kwargs: Any) -> Profiler:
+    """Build the profiler ``name`` (e.g. ``"nap"``); kwargs are its parameters."""
+    return _create("profiler", name, kwargs)
+
+
+__all__ = [
+    "Attribution",
+    "Attributor",
+    "Classifier",
+    "Engine",
+    "ImageReadError",
+    "InputError",
+    "PluginConflictError",
+    "Profiler",
+    "UnknownPluginError",
+    "WeightsError",
+    "XraylensError",
+    "data",
+    "get_attributor",
+    "get_classifier",
+    "get_profiler",
+    "hookimpl",
+    "hookspec",
+    "list_attributors",
+    "list_classifiers",
+    "list_profilers",
+    "register_plugin",
+    "unregister_plugin",
+]

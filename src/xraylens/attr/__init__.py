@@ -1,0 +1,1 @@
+"""Attributor plugins and model surgery."""

@@ -1,0 +1,28 @@
+"""Hook specifications: what a plugin can add to xraylens.
+
+Each hook is called once, when the registry is first used, with a ``register(name, factory)``
+callback. ``factory(**kwargs)`` must return an instance of the matching base class
+(:class:`xraylens.Classifier`, :class:`xraylens.Attributor`, :class:`xraylens.Profiler`).
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("xraylens")
+hookimpl = pluggy.HookimplMarker("xraylens")
+
+
+@hookspec
+def register_classifiers(register):
+    """Register classifiers: ``register("name", factory)``, ``factory(**kw) -> Classifier``."""
+
+
+@hookspec
+def register_attributors(register):
+    """Register attributors: ``register("name", factory)``, ``factory(**kw) -> Attributor``."""
+
+
+@hookspec
+def register_profilers(register):
+    """Register profilers: ``register("name", factory)``, ``factory(**kw) -> Profiler``."""

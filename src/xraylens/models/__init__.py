@@ -1,0 +1,1 @@
+"""Classifier plugins: the paper's five backbones, weight loading and adaptation."""

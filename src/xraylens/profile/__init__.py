@@ -1,0 +1,1 @@
+"""Profiler plugins (Neuron Activation Profiles)."""

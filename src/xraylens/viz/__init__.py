@@ -1,0 +1,1 @@
+"""Visualisation: overlays for greyscale X-rays, multi-panel figures, NAP grids."""
