@@ -23,9 +23,9 @@ from xraylens.errors import (
     XraylensError,
 )
 from xraylens.hookspecs import hookimpl, hookspec
-from xraylens.plugins import register_plugin, unregister_plugin
 from xraylens.plugins import create as _create
 from xraylens.plugins import names as _names
+from xraylens.plugins import register_plugin, unregister_plugin
 
 __version__ = "0.1.0.dev0"
 

@@ -30,6 +30,7 @@ ENTRY_POINT_GROUP = "xraylens"
 #: Modules whose hook implementations are always registered, in this order.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "xraylens.models.backbones",
+    "xraylens.profile.nap",
 )
 
 #: kind -> (hook name, base class path)
@@ -112,19 +113,26 @@ def _collect(pm: pluggy.PluginManager) -> dict[str, dict[str, PluginEntry]]:
             plugin = impl.plugin_name
             added: dict[str, PluginEntry] = {}
 
-            def register(name: str, factory: Callable[..., Any], _added=added, _plugin=plugin):
+            def register(
+                name: str,
+                factory: Callable[..., Any],
+                _added=added,
+                _plugin=plugin,
+                _kind=kind,
+                _table=table,
+            ):
                 if not isinstance(name, str) or not name:
-                    raise InputError(f"plugin {_plugin!r}: {kind} name must be a non-empty str")
+                    raise InputError(f"plugin {_plugin!r}: {_kind} name must be a non-empty str")
                 if not callable(factory):
                     raise InputError(f"plugin {_plugin!r}: factory for {name!r} is not callable")
-                previous = table.get(name) or _added.get(name)
+                previous = _table.get(name) or _added.get(name)
                 if previous is not None:
                     raise PluginConflictError(
-                        f"{kind} {name!r} is registered by two plugins: {previous.plugin!r} and "
+                        f"{_kind} {name!r} is registered by two plugins: {previous.plugin!r} and "
                         f"{_plugin!r}; uninstall or block one (XRAYLENS_BLOCK_PLUGINS)"
                     )
                 _added[name] = PluginEntry(
-                    kind, name, factory, _plugin, _distributions.get(_plugin)
+                    _kind, name, factory, _plugin, _distributions.get(_plugin)
                 )
 
             try:
@@ -212,7 +220,7 @@ def _normalise(name: str) -> str:
 
 
 def lookup(kind: str, name: str) -> PluginEntry:
-    """The entry for ``name``; accepts case and ``-``/``_`` variants. Unknown: UnknownPluginError."""
+    """The entry for ``name`` (case and ``-``/``_`` variants accepted); else UnknownPluginError."""
     table = entries(kind)
     if not isinstance(name, str):
         raise InputError(f"{kind} name must be a str, got {type(name).__name__}")

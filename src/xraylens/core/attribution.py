@@ -28,10 +28,17 @@ def _encode(value: Any) -> Any:
         return {str(k): _encode(v) for k, v in value.items()}
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu()
-        return {"__tensor__": t.tolist(), "dtype": str(t.dtype).removeprefix("torch."),
-                "shape": list(t.shape)}
+        return {
+            "__tensor__": t.tolist(),
+            "dtype": str(t.dtype).removeprefix("torch."),
+            "shape": list(t.shape),
+        }
     if isinstance(value, np.ndarray):
-        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype), "shape": list(value.shape)}
+        return {
+            "__ndarray__": value.tolist(),
+            "dtype": str(value.dtype),
+            "shape": list(value.shape),
+        }
     if isinstance(value, (np.integer, np.floating, np.bool_)):
         return value.item()
     if attrs.has(type(value)):

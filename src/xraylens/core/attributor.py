@@ -80,7 +80,10 @@ class Attributor(abc.ABC):
             )
         self.config = attrs.evolve(config, **params)
         self.engine = Engine(
-            device=device, max_memory=max_memory, amp=amp, channels_last=channels_last,
+            device=device,
+            max_memory=max_memory,
+            amp=amp,
+            channels_last=channels_last,
             progress=progress,
         )
 

@@ -102,7 +102,9 @@ class Classifier:
     min_input_size: int = attrs.field(default=32, kw_only=True)
     nap_layers: tuple[str, ...] = attrs.field(default=(), converter=tuple, kw_only=True)
     cam_layer: str | None = attrs.field(default=None, kw_only=True)
-    input_mean: tuple[float, ...] | None = attrs.field(default=None, converter=_floats, kw_only=True)
+    input_mean: tuple[float, ...] | None = attrs.field(
+        default=None, converter=_floats, kw_only=True
+    )
     input_std: tuple[float, ...] | None = attrs.field(default=None, converter=_floats, kw_only=True)
     name: str = attrs.field(default="custom", kw_only=True)
 

@@ -87,6 +87,10 @@ def _index_list(items, labels: Sequence[str], where: str) -> list[int]:
         return list(range(len(labels)))
     if isinstance(items, (str, int, np.integer)):
         items = [items]
+    if not isinstance(items, (list, tuple)):
+        raise InputError(
+            f"{where}: expected 'all', a label name or index, or a list of them; got {items!r}"
+        )
     idx = [_label_index(item, labels) for item in items]
     if len(set(idx)) != len(idx):
         names = [labels[i] for i in idx]
@@ -113,9 +117,7 @@ def resolve_targets(targets, labels: Sequence[str], n_images: int) -> TargetPlan
         return _from_mask(torch.as_tensor(targets), labels, n_images)
     if _is_sequence_of_sequences(targets):
         if len(targets) != n_images:
-            raise InputError(
-                f"per-image targets: got {len(targets)} lists for {n_images} images"
-            )
+            raise InputError(f"per-image targets: got {len(targets)} lists for {n_images} images")
         per_image = [
             _index_list(list(t) if not isinstance(t, str) else t, labels, f"targets[{i}]")
             for i, t in enumerate(targets)

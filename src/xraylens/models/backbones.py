@@ -66,8 +66,15 @@ def _restem(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     if conv.in_channels == in_channels:
         return conv
     new = nn.Conv2d(
-        in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+        conv.padding_mode,
     )
     with torch.no_grad():
         new.weight.copy_(conv.weight[:, torch.arange(in_channels) % conv.in_channels])
@@ -93,8 +100,9 @@ def _timm(arch: str) -> Callable[[int, int], nn.Module]:
     def build(num_classes: int, in_channels: int) -> nn.Module:
         import timm
 
-        return timm.create_model(arch, pretrained=False, num_classes=num_classes,
-                                 in_chans=in_channels)
+        return timm.create_model(
+            arch, pretrained=False, num_classes=num_classes, in_chans=in_channels
+        )
 
     return build
 
@@ -102,55 +110,82 @@ def _timm(arch: str) -> Callable[[int, int], nn.Module]:
 _RESNET_LAYERS = ("maxpool", "layer1", "layer2", "layer3", "layer4")
 
 for _arch in ("resnet18", "resnet34"):
-    register_backbone(Backbone(
-        name=_arch,
-        build=_torchvision(_arch, "conv1"),
-        stem="conv1.weight",
-        head=("fc.",),
+    register_backbone(
+        Backbone(
+            name=_arch,
+            build=_torchvision(_arch, "conv1"),
+            stem="conv1.weight",
+            head=("fc.",),
+            min_input_size=32,
+            nap_layers=_RESNET_LAYERS,
+            cam_layer="layer4",
+            published=functools.partial(pub.torchvision_weights, _arch),
+        )
+    )
+
+register_backbone(
+    Backbone(
+        name="inception_v3",
+        build=_torchvision(
+            "inception_v3",
+            "Conv2d_1a_3x3.conv",
+            aux_logits=True,
+            transform_input=False,
+            init_weights=True,
+        ),
+        stem="Conv2d_1a_3x3.conv.weight",
+        head=("fc.", "AuxLogits.fc."),
+        min_input_size=75,
+        nap_layers=("maxpool2", "Mixed_5d", "Mixed_6a", "Mixed_6e", "Mixed_7a", "Mixed_7c"),
+        cam_layer="Mixed_7c",
+        # Google's weights expect (x - 0.5) / 0.5: torchvision's transform_input does that from
+        # ImageNet-normalised input, we do it from [0, 1] input directly.
+        published=functools.partial(
+            pub.torchvision_weights, "inception_v3", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+        ),
+    )
+)
+
+register_backbone(
+    Backbone(
+        name="inception_resnet_v2",
+        build=_timm("inception_resnet_v2"),
+        stem="conv2d_1a.conv.weight",
+        head=("classif.",),
+        min_input_size=75,
+        nap_layers=(
+            "maxpool_5a",
+            "mixed_5b",
+            "repeat",
+            "mixed_6a",
+            "repeat_1",
+            "mixed_7a",
+            "repeat_2",
+            "conv2d_7b",
+        ),
+        cam_layer="conv2d_7b",
+        published=functools.partial(pub.timm_weights, "inception_resnet_v2"),
+    )
+)
+
+register_backbone(
+    Backbone(
+        name="densenet161",
+        build=_torchvision("densenet161", "features.conv0"),
+        stem="features.conv0.weight",
+        head=("classifier.",),
         min_input_size=32,
-        nap_layers=_RESNET_LAYERS,
-        cam_layer="layer4",
-        published=functools.partial(pub.torchvision_weights, _arch),
-    ))
-
-register_backbone(Backbone(
-    name="inception_v3",
-    build=_torchvision("inception_v3", "Conv2d_1a_3x3.conv", aux_logits=True,
-                       transform_input=False, init_weights=True),
-    stem="Conv2d_1a_3x3.conv.weight",
-    head=("fc.", "AuxLogits.fc."),
-    min_input_size=75,
-    nap_layers=("maxpool2", "Mixed_5d", "Mixed_6a", "Mixed_6e", "Mixed_7a", "Mixed_7c"),
-    cam_layer="Mixed_7c",
-    # Google's weights expect (x - 0.5) / 0.5: torchvision's transform_input does that from
-    # ImageNet-normalised input, we do it from [0, 1] input directly.
-    published=functools.partial(pub.torchvision_weights, "inception_v3",
-                                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
-))
-
-register_backbone(Backbone(
-    name="inception_resnet_v2",
-    build=_timm("inception_resnet_v2"),
-    stem="conv2d_1a.conv.weight",
-    head=("classif.",),
-    min_input_size=75,
-    nap_layers=("maxpool_5a", "mixed_5b", "repeat", "mixed_6a", "repeat_1", "mixed_7a",
-                "repeat_2", "conv2d_7b"),
-    cam_layer="conv2d_7b",
-    published=functools.partial(pub.timm_weights, "inception_resnet_v2"),
-))
-
-register_backbone(Backbone(
-    name="densenet161",
-    build=_torchvision("densenet161", "features.conv0"),
-    stem="features.conv0.weight",
-    head=("classifier.",),
-    min_input_size=32,
-    nap_layers=("features.pool0", "features.denseblock1", "features.denseblock2",
-                "features.denseblock3", "features.denseblock4"),
-    cam_layer="features",
-    published=functools.partial(pub.torchvision_weights, "densenet161"),
-))
+        nap_layers=(
+            "features.pool0",
+            "features.denseblock1",
+            "features.denseblock2",
+            "features.denseblock3",
+            "features.denseblock4",
+        ),
+        cam_layer="features",
+        published=functools.partial(pub.torchvision_weights, "densenet161"),
+    )
+)
 
 
 @attrs.define(eq=False, repr=False)
@@ -170,8 +205,9 @@ def _grey(values: Sequence[float], in_channels: int) -> tuple[float, ...]:
     return (mean,) * in_channels
 
 
-def _normalisation(normalize, in_channels: int, published: pub.PublishedWeights | None,
-                   meta: dict | None):
+def _normalisation(
+    normalize, in_channels: int, published: pub.PublishedWeights | None, meta: dict | None
+):
     if normalize == "auto":
         if published is not None:
             return _grey(published.mean, in_channels), _grey(published.std, in_channels)
@@ -248,8 +284,14 @@ def build_classifier(
     if published is not None:
         state = published.download()
     if state is not None:
-        load_state(module, state, source, stem=backbone.stem, head=backbone.head,
-                   replace_head=published is not None)
+        load_state(
+            module,
+            state,
+            source,
+            stem=backbone.stem,
+            head=backbone.head,
+            replace_head=published is not None,
+        )
     if dtype is not None:
         module.to(dtype=dtype)
     if device is not None:

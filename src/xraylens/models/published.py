@@ -82,5 +82,6 @@ def timm_weights(arch: str, name: str) -> PublishedWeights:
     def fetch() -> dict[str, torch.Tensor]:
         return timm.create_model(full, pretrained=True).state_dict()
 
-    return PublishedWeights(name=f"timm:{full}", url=url, mean=tuple(cfg.mean),
-                            std=tuple(cfg.std), fetch=fetch)
+    return PublishedWeights(
+        name=f"timm:{full}", url=url, mean=tuple(cfg.mean), std=tuple(cfg.std), fetch=fetch
+    )

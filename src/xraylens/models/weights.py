@@ -34,7 +34,7 @@ def is_local_weights(value: str | os.PathLike) -> bool:
 def _strip_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     keys = list(state)
     if keys and all(k.startswith("module.") for k in keys):
-        return {k[len("module."):]: v for k, v in state.items()}
+        return {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -81,14 +81,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
 
 def save_checkpoint(module: nn.Module, meta: dict, path: str | os.PathLike) -> Path:
-    """Write ``module``'s weights and ``meta`` to ``.pt``/``.pth`` or ``.safetensors`` atomically."""
+    """Write ``module``'s weights and ``meta`` to ``.pt``/``.pth``/``.safetensors``, atomically."""
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import save
 
-        data = save({k: v.clone() for k, v in state.items()},
-                    metadata={"xraylens": json.dumps(meta)})
+        data = save(
+            {k: v.clone() for k, v in state.items()}, metadata={"xraylens": json.dumps(meta)}
+        )
     else:
         buf = io.BytesIO()
         torch.save({"state_dict": state, "xraylens": meta}, buf)
@@ -127,9 +128,13 @@ def load_state(
     """
     state = dict(state)
     own = module.state_dict()
-    if stem is not None and stem in state and stem in own:
-        if state[stem].shape[1] != own[stem].shape[1]:
-            state[stem] = fold_stem(state[stem], own[stem].shape[1])
+    if (
+        stem is not None
+        and stem in state
+        and stem in own
+        and state[stem].shape[1] != own[stem].shape[1]
+    ):
+        state[stem] = fold_stem(state[stem], own[stem].shape[1])
     if replace_head:
         for key in list(state):
             if key.startswith(head) and key in own and state[key].shape != own[key].shape:
@@ -143,8 +148,11 @@ def load_state(
     ]
     if missing or unexpected or mismatched:
         parts = []
-        for title, items in (("shape mismatch", mismatched), ("missing", missing),
-                             ("unexpected", unexpected)):
+        for title, items in (
+            ("shape mismatch", mismatched),
+            ("missing", missing),
+            ("unexpected", unexpected),
+        ):
             if items:
                 more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
                 parts.append(f"{title}: {', '.join(items[:8])}{more}")
