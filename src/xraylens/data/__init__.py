@@ -1,5 +1,60 @@
 """Chest X-ray data: labels, image reading, the paper's preprocessing, datasets and splits."""
 
-from xraylens.data.labels import PAPER_LABELS
+from xraylens.data.base import (
+    ChestXrayDataset,
+    CombinedDataset,
+    DatasetSubset,
+    DataWarning,
+    collate,
+    combine,
+)
+from xraylens.data.datasets import CovidChestXray, Kermany, parse_kermany_name
+from xraylens.data.io import read_image, read_mask
+from xraylens.data.labels import PAPER_HIERARCHY, PAPER_LABELS, LabelSpace
+from xraylens.data.preprocess import (
+    PERCENTILE_PRESETS,
+    letterbox_geometry,
+    normalize_intensity,
+    preprocess,
+    preprocess_mask,
+)
+from xraylens.data.splits import (
+    Split,
+    check_split,
+    group_ids,
+    kfold_splits,
+    load_splits,
+    paper_splits,
+    save_splits,
+    with_validation,
+)
 
-__all__ = ["PAPER_LABELS"]
+__all__ = [
+    "PAPER_HIERARCHY",
+    "PAPER_LABELS",
+    "PERCENTILE_PRESETS",
+    "ChestXrayDataset",
+    "CombinedDataset",
+    "CovidChestXray",
+    "DataWarning",
+    "DatasetSubset",
+    "Kermany",
+    "Split",
+    "LabelSpace",
+    "check_split",
+    "collate",
+    "combine",
+    "group_ids",
+    "kfold_splits",
+    "letterbox_geometry",
+    "load_splits",
+    "normalize_intensity",
+    "paper_splits",
+    "parse_kermany_name",
+    "preprocess",
+    "preprocess_mask",
+    "read_image",
+    "read_mask",
+    "save_splits",
+    "with_validation",
+]
