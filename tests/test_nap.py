@@ -310,6 +310,8 @@ def test_layer_that_does_not_run_and_failing_forward():
         run(clf, torch.rand(2, 1, 8, 8), m, 2, layers=("conv", "unused"))
     with pytest.raises(xl.InputError, match="partial.*boom"):
         run(clf, torch.rand(2, 1, 16, 16), m, 2, layers=("conv",))
+    # the input alone needs no forward pass (so the failing model is never called)
+    assert run(clf, torch.rand(2, 1, 16, 16), m, 2, layers=("input",)).n_images == 2
     assert all(not mod._forward_hooks for mod in clf.module.modules())
 
 

@@ -39,6 +39,21 @@ def _first_tensor(out: Any, layer: str) -> torch.Tensor:
     raise InputError(f"layer {layer!r} returned {type(out).__name__}, not a tensor: pick another")
 
 
+def _forward(clf: Classifier, module, x: torch.Tensor) -> None:
+    """Run the model; a failure inside it becomes an InputError naming the model and shape
+    (out-of-memory errors pass unchanged, so that callers can retry smaller batches)."""
+    try:
+        module(x)
+    except InputError:
+        raise
+    except RuntimeError as exc:
+        if is_oom(exc):
+            raise
+        raise InputError(
+            f"{clf.name}'s forward pass failed on x of shape {tuple(x.shape)}: {exc}"
+        ) from exc
+
+
 class _Batch:
     """One batch's contribution, committed only once the whole forward pass succeeded."""
 
@@ -174,16 +189,8 @@ class NAPProfiler(Profiler):
             with eval_mode(clf.module), torch.inference_mode():
                 if INPUT in layers:
                     batch.add(INPUT, x)
-                try:
-                    module(x)
-                except InputError:
-                    raise
-                except RuntimeError as exc:
-                    if is_oom(exc):  # callers (the engine) retry smaller batches on OOM
-                        raise
-                    raise InputError(
-                        f"{clf.name}'s forward pass failed on x of shape {tuple(x.shape)}: {exc}"
-                    ) from exc
+                if handles:  # the input alone needs no forward pass
+                    _forward(clf, module, x)
                 self._commit(batch, layers, groups, m, clf.name)
         finally:
             for h in handles:
