@@ -30,6 +30,7 @@ ENTRY_POINT_GROUP = "xraylens"
 #: Modules whose hook implementations are always registered, in this order.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "xraylens.models.backbones",
+    "xraylens.attr.occlusion",
     "xraylens.profile.nap",
 )
 

@@ -2,12 +2,17 @@
 
 Work is expressed as ``n_items`` independent items (image-label pairs, IG steps, occlusion
 perturbations, noise samples). The engine picks how many go through the model at once from a
-memory budget and a per-item cost, and halves the chunk on CUDA out-of-memory, keeping the
+memory budget and a per-item cost measured by a probe (:mod:`xraylens.core.memory`), logs its
+choice on the ``xraylens.engine`` logger, and halves the chunk on out-of-memory, keeping the
 chunks already finished.
+
+Budget semantics: ``max_memory`` bounds the *working* memory of one chunk (activations,
+gradients, perturbed inputs) on top of what is already allocated (the model, the inputs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -18,7 +23,17 @@ import attrs
 import torch
 from torch import nn
 
+from xraylens.core.memory import activation_bytes, format_bytes, probe_item_bytes
 from xraylens.errors import InputError
+
+__all__ = [
+    "ChunkPlan",
+    "Engine",
+    "activation_bytes",
+    "available_cpu_memory",
+    "is_oom",
+    "parse_memory",
+]
 
 log = logging.getLogger("xraylens.engine")
 
@@ -27,7 +42,9 @@ _UNITS = {
     "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
     "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
     "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40,
-}
+}  # fmt: skip
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_memory(value: int | float | str | None) -> int | float | None:
@@ -38,7 +55,9 @@ def parse_memory(value: int | float | str | None) -> int | float | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise InputError(f"max_memory must be bytes, a size like '4GB' or a fraction, got {value!r}")
+        raise InputError(
+            f"max_memory must be bytes, a size like '4GB' or a fraction, got {value!r}"
+        )
     if isinstance(value, float) and 0 < value <= 1:
         return value
     if isinstance(value, (int, float)):
@@ -77,12 +96,43 @@ def _device(value) -> torch.device | None:
         raise InputError(f"device {value!r} is not a torch device ({exc})") from exc
 
 
+def _chunk(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"chunk must be a positive int or None, got {value!r}")
+    return value
+
+
 def is_oom(exc: BaseException) -> bool:
-    """Whether ``exc`` is a CUDA (or other accelerator) out-of-memory error."""
+    """Whether ``exc`` is an out-of-memory error (CUDA or another accelerator, or a failed CPU
+    allocation)."""
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
-    return isinstance(exc, oom) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
+    if isinstance(exc, oom):
+        return True
+    message = str(exc).lower() if isinstance(exc, RuntimeError) else ""
+    return "out of memory" in message or "can't allocate memory" in message
+
+
+@attrs.frozen
+class ChunkPlan:
+    """What the engine chose for one piece of work (also logged).
+
+    Attributes:
+        what: the kind of item ("occlusion perturbations", "pairs", ...).
+        n_items: items to process; chunk: items per pass (forward or forward+backward).
+        item_bytes: estimated working memory of one item; budget: usable bytes per chunk.
+        probe: how ``item_bytes`` was obtained ("cuda peak", "cpu activations x 1.6", "fixed").
+        device: where the work runs.
+    """
+
+    what: str
+    n_items: int
+    chunk: int
+    item_bytes: int
+    budget: int
+    probe: str
+    device: torch.device
 
 
 @attrs.define
@@ -93,9 +143,12 @@ class Engine:
         device: where to compute; None: the classifier's device.
         max_memory: budget for one chunk's working memory: bytes, ``"4GB"``, or a float in
             (0, 1] = that fraction of the device's free memory; None: half of the free memory.
-        amp: autocast dtype for perturbation methods on CUDA (``"bf16"``/``"fp16"``), or None.
-        channels_last: run convolutions in channels-last memory format.
+        amp: autocast dtype for perturbation methods (``"bf16"``/``"fp16"``), or None. Meant for
+            CUDA; on CPU only bf16 is useful (and only on CPUs with bf16 instructions).
+        channels_last: feed convolutions channels-last inputs (the model is left as it is).
         progress: show tqdm progress bars over chunks.
+        chunk: fixed items per pass, overriding the planner (tests, benchmarks); None: plan.
+        last_plan: the most recent :class:`ChunkPlan` (None before any planning).
     """
 
     device: torch.device | None = attrs.field(default=None, converter=_device)
@@ -103,10 +156,12 @@ class Engine:
     amp: str | None = attrs.field(default=None)
     channels_last: bool = False
     progress: bool = False
+    chunk: int | None = attrs.field(default=None, converter=_chunk, kw_only=True)
+    last_plan: ChunkPlan | None = attrs.field(default=None, init=False, repr=False)
 
     @amp.validator
     def _check_amp(self, _attribute, value) -> None:
-        if value not in (None, "bf16", "fp16"):
+        if value not in (None, *_AMP_DTYPES):
             raise InputError(f"amp must be None, 'bf16' or 'fp16', got {value!r}")
 
     def resolve_device(self, module: nn.Module) -> torch.device:
@@ -114,6 +169,8 @@ class Engine:
         if self.device is not None:
             return self.device
         first = next(iter(module.parameters()), None)
+        if first is None:
+            first = next(iter(module.buffers()), None)
         return first.device if first is not None else torch.device("cpu")
 
     def budget_bytes(self, device: torch.device) -> int:
@@ -128,13 +185,80 @@ class Engine:
             return int(free * self.max_memory)
         return int(self.max_memory)
 
-    def chunk_size(self, n_items: int, bytes_per_item: int, device: torch.device,
-                   fixed_bytes: int = 0) -> int:
-        """How many items fit in the budget at once (at least 1, at most ``n_items``)."""
+    def chunk_size(
+        self, n_items: int, bytes_per_item: int, device: torch.device, fixed_bytes: int = 0
+    ) -> int:
+        """How many items fit in the budget at once (at least 1, at most ``n_items``);
+        ``self.chunk`` when set."""
+        if self.chunk is not None:
+            return max(1, min(n_items, self.chunk))
         budget = self.budget_bytes(device) - fixed_bytes
         if bytes_per_item <= 0:
             return max(1, n_items)
         return int(max(1, min(n_items, budget // bytes_per_item)))
+
+    def item_bytes(self, module: nn.Module, example: torch.Tensor, *, grad: bool) -> int:
+        """Probe the working memory of one item; ``example`` is one input [1, ...]."""
+        with self.autocast(example.device):
+            return probe_item_bytes(module, self.prepare_input(example), grad=grad)[0]
+
+    def plan(
+        self,
+        n_items: int,
+        *,
+        module: nn.Module,
+        example: torch.Tensor,
+        grad: bool,
+        what: str = "items",
+        fixed_bytes: int = 0,
+        item_scale: float = 1.0,
+    ) -> int:
+        """Items per pass for ``n_items`` items, from a probe of one item, within the budget.
+
+        Args:
+            module: the module each item goes through; example: one item's input [1, ...] on
+                the device the work runs on.
+            grad: whether each item needs a backward pass (gradient methods) or only a
+                no-grad forward (perturbation methods).
+            what: the kind of item, for the log line.
+            fixed_bytes: memory needed once per chunk besides the items.
+            item_scale: items that need more than one input's memory (e.g. 2 for a pair
+                that holds an input and a baseline) scale the probe by this.
+        Logs the choice on ``xraylens.engine`` and stores it in :attr:`last_plan`.
+        """
+        device = example.device
+        if self.chunk is not None:
+            per_item, how = 0, "fixed"
+        else:
+            with self.autocast(device):
+                per_item, how = probe_item_bytes(module, self.prepare_input(example), grad=grad)
+            per_item = int(per_item * item_scale)
+        chunk = self.chunk_size(n_items, per_item, device, fixed_bytes)
+        budget = self.budget_bytes(device) - fixed_bytes
+        self.last_plan = ChunkPlan(what, n_items, chunk, per_item, budget, how, device)
+        log.info(
+            "%s: %d items, %d per pass on %s (about %s each by %s; budget %s)",
+            what, n_items, chunk, device, format_bytes(per_item), how, format_bytes(budget),
+        )  # fmt: skip
+        if per_item > budget and self.chunk is None:
+            log.warning(
+                "%s: one item needs about %s, more than the budget of %s; running one at a time",
+                what, format_bytes(per_item), format_bytes(budget),
+            )  # fmt: skip
+        return chunk
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """Autocast to the ``amp`` dtype on ``device`` (a no-op context when ``amp`` is None)."""
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=_AMP_DTYPES[self.amp])
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in channels-last memory format when enabled (4-d tensors only); convolutions
+        then run channels-last without converting (and so touching) the caller's model."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def map_chunks(
         self,
@@ -146,26 +270,37 @@ class Engine:
     ) -> list[Any]:
         """Call ``fn(start, stop)`` over ``range(n_items)`` in chunks of at most ``chunk``.
 
-        On an out-of-memory error the chunk is halved and retried; finished chunks are kept.
-        Returns the list of ``fn`` results in order.
+        On an out-of-memory error the chunk is halved and retried (down to 1 item; then the
+        error is raised); finished chunks are kept. Returns the ``fn`` results in order.
         """
         from tqdm.auto import tqdm
 
+        if n_items <= 0:
+            return []
         chunk = max(1, min(int(chunk), n_items))
         results: list[Any] = []
         start = 0
-        bar = tqdm(total=n_items, desc=desc, disable=not self.progress or n_items <= chunk,
-                   leave=False)
+        bar = tqdm(
+            total=n_items, desc=desc, disable=not self.progress or n_items <= chunk, leave=False
+        )
         try:
             while start < n_items:
                 stop = min(start + chunk, n_items)
+                failed = False
                 try:
                     results.append(fn(start, stop))
                 except Exception as exc:
                     if not is_oom(exc) or chunk == 1:
                         raise
+                    failed = True
+                if failed:
+                    # Outside the except block: the traceback (and the tensors its frames hold)
+                    # is gone, so the cache can really be emptied before the retry.
                     chunk = max(1, chunk // 2)
-                    log.warning("out of memory; retrying with chunks of %d items", chunk)
+                    log.warning(
+                        "%s: out of memory at items %d-%d; retrying with %d per pass",
+                        desc or "work", start, stop, chunk,
+                    )  # fmt: skip
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
                     continue
@@ -174,24 +309,3 @@ class Engine:
         finally:
             bar.close()
         return results
-
-
-def activation_bytes(module: nn.Module, example: torch.Tensor) -> int:
-    """Bytes of every leaf module's output for one forward pass of ``example`` (a CPU probe of
-    the memory a forward needs; backward roughly doubles to triples it)."""
-    total = 0
-
-    def hook(_m, _inp, out):
-        nonlocal total
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                total += t.numel() * t.element_size()
-
-    handles = [m.register_forward_hook(hook) for m in module.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            module(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return total
