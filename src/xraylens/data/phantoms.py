@@ -15,7 +15,8 @@ burnt-in label) or dark bands at the top and bottom border (as the paper's NAPs 
 pneumonia images), in a configurable share of one class's images and rarely elsewhere.
 
 Lesions are meant to be learnable at 96-128 px by a small network in a minute on a CPU: their
-contrast is clear (ground glass +0.2-0.3, consolidation +0.35-0.45 over lung at ~0.12).
+peak contrast is clear (ground glass +0.25-0.35, consolidation +0.35-0.45 over lung at ~0.12;
+mean contrast inside the masks at 96 px: >= 0.08 ground glass, >= 0.27 consolidation).
 Everything is deterministic given the seed; a few hundred 128 px phantoms take about a second.
 """
 
@@ -173,8 +174,8 @@ def _lesions(finding, x, y, sides, lungs, rng):
                 cy = s["cy"] + s["ay"] * u(0.1, 0.45)
                 d = _ellipse(x, y, cx, cy, u(0.11, 0.16), u(0.14, 0.21))
                 profile = np.clip(1.0 - d, 0.0, 1.0) ** 0.7
-                opacity += u(0.2, 0.3) * profile * (0.75 + 0.25 * _smooth_field(rng, x.shape[0]))
-                lesion |= profile > 0.25
+                opacity += u(0.25, 0.35) * profile * (0.8 + 0.2 * _smooth_field(rng, x.shape[0]))
+                lesion |= profile > 0.3
     elif finding == "Bacterial Pneumonia":  # one dense lobar consolidation
         s = sides["right" if rng.random() < 0.5 else "left"]
         slope = u(-0.5, 0.5)
@@ -193,8 +194,8 @@ def _lesions(finding, x, y, sides, lungs, rng):
             d = _ellipse(x, y, cx, cy, u(0.14, 0.18), u(0.22, 0.3))
             streaks = 0.6 + 0.4 * (np.sin((y - cy) * 40 + (x - cx) * 25) > 0)
             profile = np.clip(1.0 - d, 0.0, 1.0)
-            opacity += u(0.2, 0.28) * profile * streaks
-            lesion |= profile > 0.25
+            opacity += u(0.26, 0.34) * profile * streaks
+            lesion |= profile > 0.3
     return opacity, lesion & lungs
 
 

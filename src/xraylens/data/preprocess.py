@@ -90,12 +90,13 @@ def normalize_intensity(img, percentiles: str | Sequence[float] | None = "paper"
     a = np.asarray(_as_2d(img), dtype=np.float32)
     if not np.isfinite(a).all():
         raise InputError("img contains NaN or infinite values")
-    lo, hi = (float(v) for v in np.percentile(a, [lo_q, hi_q]))
+    lo, hi = (np.float32(v) for v in np.percentile(a, [lo_q, hi_q]))
     if not hi > lo:
         return torch.zeros(a.shape, dtype=torch.float32)
+    # float32 throughout and a true division: the upper clip level maps to exactly 1.0
     out = np.clip(a, lo, hi)
-    out -= np.float32(lo)
-    out *= np.float32(1.0 / (hi - lo))
+    out -= lo
+    out /= hi - lo
     np.clip(out, 0.0, 1.0, out=out)  # float rounding must not leave [0, 1]
     return torch.from_numpy(out)
 
