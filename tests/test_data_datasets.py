@@ -224,10 +224,18 @@ def test_cache_transform_and_dataloader(tmp_path):
     first = ds[0][0]
     assert len(ds._cache) == 1
     assert torch.equal(ds[0][0], first)  # the transform does not corrupt the cache
+    ds.transform = None
+    ds[0][0].zero_()  # nor does a caller modifying an item
     torch.testing.assert_close(ds.image(0), 1.0 - first)
     loader = DataLoader(ds, batch_size=4, collate_fn=xl.data.collate)
     images, targets, records = next(iter(loader))
     assert images.shape == (4, 1, 16, 16) and targets.shape == (4, 14) and len(records) == 4
+
+
+def test_bad_size_is_refused_early(tmp_path):
+    root = make_kermany(tmp_path / "k", KERMANY_FILES[:2])
+    with pytest.raises(xl.InputError, match="size"):
+        Kermany(root, size=0)
 
 
 def test_combine_and_subset(tmp_path, covid):

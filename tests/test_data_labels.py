@@ -171,6 +171,12 @@ def test_custom_space_with_own_hierarchy_and_aliases():
     assert space.leaves() == ("Normal", "TB", "Pneumonia")
 
 
+def test_alias_cycle_is_unknown_not_a_hang():
+    space = LabelSpace(["A"], aliases={"x": "y", "y": "x"})
+    with pytest.raises(xl.InputError, match="'x'"):
+        space.parse("x")
+
+
 def test_multiple_parents_dag():
     space = LabelSpace(["A", "B", "C"], {"C": ["A", "B"]})
     assert space.parse("C") == ("A", "B", "C")

@@ -25,7 +25,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from xraylens.data.io import read_image, read_mask
 from xraylens.data.labels import LabelSpace
-from xraylens.data.preprocess import preprocess, resolve_percentiles
+from xraylens.data.preprocess import _check_size, preprocess, resolve_percentiles
 from xraylens.errors import InputError
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -60,7 +60,7 @@ class ChestXrayDataset(Dataset):
         transform: Transform | None = None,
         cache: bool = False,
     ):
-        self.size = size
+        self.size = None if size is None else _check_size(size)
         self.percentiles = resolve_percentiles(percentiles)
         self.label_space = label_space if label_space is not None else LabelSpace()
         self.transform = transform
@@ -107,17 +107,17 @@ class ChestXrayDataset(Dataset):
         """Preprocessed image [1, size, size] of item ``index`` (cached when ``cache``)."""
         cached = self._cache.get(index)
         if cached is not None:
-            return cached
+            return cached.clone()  # callers may modify what they get; the cache stays intact
         img = preprocess(self.read(index), self.size, percentiles=self.percentiles)
         if self.cache:
-            self._cache[index] = img
+            self._cache[index] = img.clone()
         return img
 
     def __getitem__(self, index: int):
         index = _check_index(index, len(self))
         img = self.image(index)
         if self.transform is not None:
-            img = self.transform(img.clone() if self.cache else img)
+            img = self.transform(img)
         return img, self.targets[index].clone(), dict(self.records[index])
 
     def subset(self, indices: Sequence[int]) -> DatasetSubset:
@@ -157,7 +157,8 @@ class DatasetSubset(Dataset):
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        return [self.dataset.records[i] for i in self.indices]
+        records = self.dataset.records  # once: a combined dataset builds its list per access
+        return [records[i] for i in self.indices]
 
     @property
     def targets(self) -> torch.Tensor:

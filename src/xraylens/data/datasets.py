@@ -138,6 +138,7 @@ class CovidChestXray(ChestXrayDataset):
             folder = (row.get("folder") or "images").strip() or "images"
             filename = (row.get("filename") or "").strip()
             patient = f"{self.source}:{(row.get('patientid') or '').strip()}"
+            finding = (row.get("finding") or "").strip()
             rel = f"{folder}/{filename}"
             path = self.root / folder / filename
             info = {"row": line, "filename": filename, "patient_id": patient, "path": str(path)}
@@ -152,7 +153,7 @@ class CovidChestXray(ChestXrayDataset):
                         **info,
                         "kept_row": kept["row"],
                         "kept_patient_id": kept["patient_id"],
-                        "finding": row["finding"],
+                        "finding": finding,
                         "kept_finding": kept["finding"],
                     }
                 )
@@ -161,18 +162,18 @@ class CovidChestXray(ChestXrayDataset):
                 self.missing.append(info)
                 continue
             try:
-                labels = self.label_space.parse(row["finding"], unknown=unknown)
+                labels = self.label_space.parse(finding, unknown=unknown)
             except InputError as exc:
                 raise InputError(f"{csv_path} line {line}: {exc}") from None
             if not labels:
-                self.skipped.append({**info, "reason": f"unknown finding {row['finding']!r}"})
+                self.skipped.append({**info, "reason": f"unknown finding {finding!r}"})
                 continue
             record = {
                 "id": f"{self.source}:{rel}",
                 "patient_id": patient,
                 "patient_aliases": (patient,),
                 "path": str(path),
-                "finding": row["finding"].strip(),
+                "finding": finding,
                 "labels": labels,
                 "source": self.source,
                 "view": view,
