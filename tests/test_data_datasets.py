@@ -22,6 +22,12 @@ COLUMNS = ["patientid", "offset", "sex", "age", "finding", "survival", "view", "
 COLUMNS += ["location", "folder", "filename", "doi", "url", "license"]
 
 
+def test_every_exported_name_exists():
+    assert xl.data.CovidChestXray is CovidChestXray and xl.data.Kermany is Kermany
+    for name in xl.data.__all__:
+        assert getattr(xl.data, name) is not None, name
+
+
 def save_image(path, h=40, w=30):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((RNG.random((h, w)) * 255).astype(np.uint8)).save(path)

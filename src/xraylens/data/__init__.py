@@ -11,6 +11,7 @@ from xraylens.data.base import (
 from xraylens.data.datasets import CovidChestXray, Kermany, parse_kermany_name
 from xraylens.data.io import read_image, read_mask
 from xraylens.data.labels import PAPER_HIERARCHY, PAPER_LABELS, LabelSpace
+from xraylens.data.phantoms import Phantom, Phantoms, Shortcut, make_phantom
 from xraylens.data.preprocess import (
     PERCENTILE_PRESETS,
     letterbox_geometry,
@@ -39,8 +40,11 @@ __all__ = [
     "DataWarning",
     "DatasetSubset",
     "Kermany",
-    "Split",
     "LabelSpace",
+    "Phantom",
+    "Phantoms",
+    "Shortcut",
+    "Split",
     "check_split",
     "collate",
     "combine",
@@ -48,6 +52,7 @@ __all__ = [
     "kfold_splits",
     "letterbox_geometry",
     "load_splits",
+    "make_phantom",
     "normalize_intensity",
     "paper_splits",
     "parse_kermany_name",
