@@ -90,6 +90,22 @@ def test_percentiles_are_taken_before_resizing_and_without_padding():
     assert torch.equal(big[:, 20:60], direct)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_histogram_percentiles_equal_numpy(seed):
+    from xraylens.data.preprocess import percentiles_of
+
+    rng = np.random.default_rng(seed)
+    qs = (0, 1, 5, 37.5, 95, 99.9, 100)
+    for a in (
+        rng.integers(0, 256, (70, 90)).astype(np.float32),
+        rng.integers(0, 65536, (64, 64)).astype(np.float32),
+        np.clip(rng.normal(40, 3, (80, 81)), 0, 255).round().astype(np.float32),  # few values
+    ):
+        assert percentiles_of(a, qs) == [float(v) for v in np.percentile(a, qs)]
+    fractional = rng.random((70, 90)).astype(np.float32) * 255  # not integers: numpy path
+    assert percentiles_of(fractional, qs) == [float(v) for v in np.percentile(fractional, qs)]
+
+
 def test_minmax_and_none():
     img = ramp(30, 30)
     for p in ("minmax", None, (0, 100)):

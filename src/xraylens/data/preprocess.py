@@ -79,6 +79,29 @@ def _as_2d(img, name: str = "img") -> np.ndarray:
     return a
 
 
+def percentiles_of(a: np.ndarray, qs: Sequence[float]) -> list[float]:
+    """``np.percentile(a, qs)`` (linear method), through a histogram for 8/16-bit values.
+
+    Most X-rays hold integers in [0, 65535]; counting them is exact and ~3x faster than the
+    partial sort ``np.percentile`` does. Other arrays go to ``np.percentile``.
+    """
+    if a.size >= 4096 and a.min() >= 0 and a.max() <= 65535:
+        ints = a.astype(np.uint16)
+        if np.array_equal(ints, a):
+            cumulative = np.cumsum(np.bincount(ints.ravel()))
+            out = []
+            for q in qs:
+                rank = np.true_divide(q, 100) * (a.size - 1)
+                below = int(np.floor(rank))
+                t = rank - below
+                lo_v = float(np.searchsorted(cumulative, below, side="right"))
+                hi_v = float(np.searchsorted(cumulative, min(below + 1, a.size - 1), side="right"))
+                # numpy's _lerp, including its form for t >= 0.5, for identical results
+                out.append(hi_v - (hi_v - lo_v) * (1 - t) if t >= 0.5 else lo_v + (hi_v - lo_v) * t)
+            return out
+    return [float(v) for v in np.percentile(a, qs)]
+
+
 def normalize_intensity(img, percentiles: str | Sequence[float] | None = "paper") -> torch.Tensor:
     """Clip ``img`` [H, W] to its lower/upper percentiles and rescale to [0, 1]: float32 [H, W].
 
@@ -90,7 +113,7 @@ def normalize_intensity(img, percentiles: str | Sequence[float] | None = "paper"
     a = np.asarray(_as_2d(img), dtype=np.float32)
     if not np.isfinite(a).all():
         raise InputError("img contains NaN or infinite values")
-    lo, hi = (np.float32(v) for v in np.percentile(a, [lo_q, hi_q]))
+    lo, hi = (np.float32(v) for v in percentiles_of(a, (lo_q, hi_q)))
     if not hi > lo:
         return torch.zeros(a.shape, dtype=torch.float32)
     # float32 throughout and a true division: the upper clip level maps to exactly 1.0
