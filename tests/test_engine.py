@@ -80,6 +80,26 @@ def test_activation_bytes_counts_leaf_outputs():
     assert activation_bytes(_net().double(), x.double()) == 2 * expected
 
 
+class DataDependent(nn.Module):
+    """Branches on a value: fake tensors cannot run it, so the probe falls back."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.lin(x) if x.sum() > -1 else self.lin(-x)
+
+
+def test_activation_bytes_fake_equals_real_and_falls_back():
+    net = _net()
+    net.train()
+    x = torch.rand(1, 1, 8, 8)
+    assert activation_bytes(net, x, fake=True) == activation_bytes(net, x, fake=False)
+    assert all(m.training for m in net.modules())  # flags restored after the eval-mode probe
+    assert activation_bytes(DataDependent(), torch.rand(1, 4)) == 2 * 4
+
+
 def test_cpu_probe_scales_with_input_and_grad():
     net = _net()
     x = torch.rand(1, 1, 8, 8)

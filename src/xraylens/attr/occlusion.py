@@ -102,8 +102,8 @@ class WindowGrid:
     @classmethod
     def build(cls, window: Size, stride: Size, height: int, width: int) -> WindowGrid:
         """The grid for ``window``/``stride`` (pixels or fractions) on an image; checks them."""
-        win = _pixels(window, (height, width))
-        step = _pixels(stride, (height, width))
+        win = _pixels(_size_pair(window, "window"), (height, width))
+        step = _pixels(_size_pair(stride, "stride"), (height, width))
         for w, s, side, axis in zip(win, step, (height, width), ("height", "width")):
             if w > side:
                 raise InputError(

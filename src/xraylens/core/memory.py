@@ -20,6 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from xraylens.core.classifier import eval_mode
+
 #: peak working memory / leaf-output bytes, worst case over the five backbones at 512 px on CPU
 #: (benchmarks/results/calibrate_cpu_probe.json), rounded up. Backward (input gradients) and a
 #: no-grad forward (inference_mode).
@@ -32,8 +34,25 @@ def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def activation_bytes(module: nn.Module, example: torch.Tensor) -> int:
-    """Bytes of every leaf module's output for one no-grad forward pass of ``example``."""
+def activation_bytes(module: nn.Module, example: torch.Tensor, *, fake: bool = True) -> int:
+    """Bytes of every leaf module's output for one no-grad forward pass of ``example``.
+
+    With ``fake`` (default) the forward runs on fake tensors (shapes only, no arithmetic, no
+    memory), falling back to a real forward where the model does something fake tensors
+    cannot. The module runs in eval mode; its own flags are restored.
+    """
+    if fake:
+        try:
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+                return _leaf_output_bytes(module, mode.from_tensor(example))
+        except Exception:  # an op without a fake kernel: measure on real tensors instead
+            pass
+    return _leaf_output_bytes(module, example)
+
+
+def _leaf_output_bytes(module: nn.Module, example: torch.Tensor) -> int:
     total = 0
 
     def hook(_m, _inp, out):
@@ -42,9 +61,10 @@ def activation_bytes(module: nn.Module, example: torch.Tensor) -> int:
             if isinstance(t, torch.Tensor):
                 total += tensor_bytes(t)
 
-    handles = [m.register_forward_hook(hook) for m in module.modules() if not list(m.children())]
+    leaves = [m for m in module.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
     try:
-        with torch.inference_mode():
+        with eval_mode(module), torch.inference_mode():
             module(example)
     finally:
         for h in handles:
@@ -60,6 +80,11 @@ def _scalar_output(out) -> torch.Tensor:
 
 def run_item(module: nn.Module, example: torch.Tensor, *, grad: bool) -> None:
     """One forward of ``example`` (and a backward to the input when ``grad``), as a probe."""
+    with eval_mode(module):
+        _run_item(module, example, grad=grad)
+
+
+def _run_item(module: nn.Module, example: torch.Tensor, *, grad: bool) -> None:
     if grad:
         with torch.enable_grad():
             xi = example.detach().clone().requires_grad_(True)
