@@ -115,13 +115,16 @@ def test_plan_uses_probe_budget_and_logs(caplog):
     net = _net()
     x = torch.rand(1, 1, 8, 8)
     per_item, _ = memory.probe_item_bytes(net, x, grad=True)
-    engine = Engine(max_memory=per_item * 7 + 3)
+    params = sum(p.numel() * 4 for p in net.parameters())  # the CPU's fixed overhead
+    assert memory.fixed_bytes(net, torch.device("cpu")) == params
+    engine = Engine(max_memory=params + per_item * 7 + 3)
     with caplog.at_level(logging.INFO, logger="xraylens.engine"):
         chunk = engine.plan(100, module=net, example=x, grad=True, what="pairs")
     assert chunk == 7
     assert engine.last_plan.chunk == 7
     assert engine.last_plan.item_bytes == per_item
     assert engine.last_plan.n_items == 100
+    assert engine.last_plan.budget == per_item * 7 + 3
     assert any("pairs: 100 items, 7 per pass" in r.getMessage() for r in caplog.records)
     assert engine.plan(100, module=net, example=x, grad=True, item_scale=2.0) == 3
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from xraylens.core.memory import activation_bytes, format_bytes, probe_item_bytes
+from xraylens.core.memory import fixed_bytes as module_fixed_bytes
 from xraylens.errors import InputError
 
 __all__ = [
@@ -221,7 +222,8 @@ class Engine:
             grad: whether each item needs a backward pass (gradient methods) or only a
                 no-grad forward (perturbation methods).
             what: the kind of item, for the log line.
-            fixed_bytes: memory needed once per chunk besides the items.
+            fixed_bytes: memory needed once per chunk besides the items (on CPU one copy of
+                the module's parameters is added to it).
             item_scale: items that need more than one input's memory (e.g. 2 for a pair
                 that holds an input and a baseline) scale the probe by this.
         Logs the choice on ``xraylens.engine`` and stores it in :attr:`last_plan`.
@@ -233,6 +235,7 @@ class Engine:
             with self.autocast(device):
                 per_item, how = probe_item_bytes(module, self.prepare_input(example), grad=grad)
             per_item = int(per_item * item_scale)
+            fixed_bytes += module_fixed_bytes(module, device)
         chunk = self.chunk_size(n_items, per_item, device, fixed_bytes)
         budget = self.budget_bytes(device) - fixed_bytes
         self.last_plan = ChunkPlan(what, n_items, chunk, per_item, budget, how, device)

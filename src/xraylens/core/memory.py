@@ -8,7 +8,8 @@ The engine sizes chunks from a probe of one item (one input of batch size 1):
 - CPU: the bytes of every leaf module's output for one forward (forward hooks), times a factor
   calibrated against peak RSS (``benchmarks/calibrate_cpu_probe.py``, measured on the five
   backbones at 512 px: see the table there). Backward keeps roughly every activation alive;
-  a no-grad forward frees them as it goes, so its factor is much smaller.
+  a no-grad forward frees them as it goes, so its factor is much smaller. A fixed overhead of
+  one copy of the parameters per chunk (oneDNN weight reorders) is added on CPU.
 
 Peak RSS helpers (``reset_peak_rss``, ``peak_rss``) read ``/proc/self/status`` (Linux).
 """
@@ -117,6 +118,14 @@ def probe_item_bytes(module: nn.Module, example: torch.Tensor, *, grad: bool) ->
         return peak + inputs, "cuda peak"
     factor = CPU_FACTOR_GRAD if grad else CPU_FACTOR_NO_GRAD
     return int(activation_bytes(module, example) * factor) + inputs, f"cpu activations x {factor}"
+
+
+def fixed_bytes(module: nn.Module, device: torch.device) -> int:
+    """Memory a chunk needs once, besides its items: on CPU one copy of the parameters (oneDNN
+    reorders weights into its own layouts); on CUDA 0 (the peak probe already includes it)."""
+    if device.type == "cuda":
+        return 0
+    return sum(tensor_bytes(p) for p in module.parameters())
 
 
 def _status_kb(key: str) -> int | None:
