@@ -1,0 +1,1 @@
+"""The ``xraylens`` subcommands, one module each (``explain``, ``profile``, ``demo``)."""

@@ -1,0 +1,253 @@
+"""Attribution maps over greyscale X-rays: scaling, sign modes and overlays.
+
+No RGB assumption anywhere: the underlay is a greyscale image ([H, W] or [C, H, W], channels
+averaged), the map is summed over its channels (as Captum's ``visualize_image_attr`` does) and
+drawn on top with a colormap and a per-pixel alpha, so the X-ray stays visible where the map is
+zero.
+
+Sign modes (:data:`SIGNS`):
+
+- ``"positive"``: evidence for the label only (negative values dropped), sequential colormap;
+- ``"absolute"``: ``|map|``, sequential colormap;
+- ``"negative"``: evidence against the label only (shown as magnitudes), sequential colormap;
+- ``"all"``: signed, diverging colormap with limits symmetric around 0 (red +, blue -).
+
+Outlier scaling (:func:`normalize_map`): maps are divided by a threshold and clipped to [0, 1]
+(or [-1, 1] for ``"all"``) so that a few extreme pixels do not wash out the rest:
+
+- ``scaling="cumulative"`` (default, Captum's ``visualize_image_attr`` rule, the library the
+  paper used): the threshold is the smallest value at which the sorted magnitudes' cumulative
+  sum reaches ``100 - outlier_perc`` percent of their total;
+- ``scaling="percentile"``: the ``100 - outlier_perc`` percentile of the magnitudes (e.g.
+  ``outlier_perc=1``: clip at the 99th percentile of ``|map|``);
+- ``scaling="max"``: the largest magnitude (no clipping).
+
+All-zero maps and constant images give valid figures without warnings or NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from xraylens.errors import InputError
+
+SIGNS = ("positive", "absolute", "negative", "all")
+SCALINGS = ("cumulative", "percentile", "max")
+#: Default colormap per sign mode.
+CMAPS = {"positive": "inferno", "absolute": "inferno", "negative": "viridis", "all": "RdBu_r"}
+
+
+def as_array(value: Any, name: str) -> np.ndarray:
+    """A float64 numpy copy of a tensor or array (detached, on the CPU)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().to("cpu", torch.float64).numpy()
+    try:
+        return np.array(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be a tensor or array, got {type(value).__name__}") from exc
+
+
+def to_image(image: Any, name: str = "image") -> np.ndarray:
+    """A greyscale underlay [H, W] from [H, W] or [C, H, W] (channels averaged)."""
+    a = as_array(image, name)
+    if a.ndim == 3:
+        a = a.mean(axis=0)
+    if a.ndim != 2:
+        raise InputError(f"{name} must be [H, W] or [C, H, W], got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise InputError(f"{name} contains NaN or infinite values")
+    return a
+
+
+def to_map(attr: Any, name: str = "attribution") -> np.ndarray:
+    """A 2-D map [H, W] from [H, W] or [C, H, W] (channels summed)."""
+    a = as_array(attr, name)
+    if a.ndim == 3:
+        a = a.sum(axis=0)
+    if a.ndim != 2:
+        raise InputError(f"{name} must be [H, W] or [C, H, W], got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise InputError(f"{name} contains NaN or infinite values")
+    return a
+
+
+def _check_sign(sign: str) -> str:
+    if sign not in SIGNS:
+        raise InputError(f"sign must be one of {SIGNS}, got {sign!r}")
+    return sign
+
+
+def _magnitudes(a: np.ndarray, sign: str) -> np.ndarray:
+    if sign == "positive":
+        return np.clip(a, 0.0, None)
+    if sign == "negative":
+        return np.clip(-a, 0.0, None)
+    return np.abs(a)
+
+
+def scale_threshold(
+    magnitudes: np.ndarray, outlier_perc: float = 2.0, scaling: str = "cumulative"
+) -> float:
+    """The value that maps to 1 (see the module docstring); 0.0 for an all-zero map."""
+    if scaling not in SCALINGS:
+        raise InputError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+    if not 0.0 <= float(outlier_perc) < 100.0:
+        raise InputError(f"outlier_perc must be in [0, 100), got {outlier_perc!r}")
+    m = np.asarray(magnitudes, dtype=np.float64).ravel()
+    if m.size == 0 or not np.any(m > 0):
+        return 0.0
+    if scaling == "max" or outlier_perc == 0:
+        return float(m.max())
+    if scaling == "percentile":
+        return float(np.percentile(m, 100.0 - outlier_perc))
+    ordered = np.sort(m)
+    cumulative = np.cumsum(ordered)
+    position = np.searchsorted(cumulative, cumulative[-1] * (100.0 - outlier_perc) / 100.0)
+    return float(ordered[min(position, ordered.size - 1)])
+
+
+def normalize_map(
+    attr: Any,
+    sign: str = "positive",
+    *,
+    outlier_perc: float = 2.0,
+    scaling: str = "cumulative",
+    threshold: float | None = None,
+) -> np.ndarray:
+    """Scale a map for display: [H, W] (or [C, H, W], summed) -> float64 [H, W].
+
+    Values lie in [0, 1] for ``"positive"``/``"absolute"``/``"negative"`` and in [-1, 1] for
+    ``"all"``. ``threshold`` overrides the outlier rule (e.g. one shared scale for several
+    panels, from :func:`scale_threshold`). An all-zero map gives zeros.
+    """
+    a = to_map(attr)
+    sign = _check_sign(sign)
+    mags = _magnitudes(a, sign)
+    if threshold is None:
+        threshold = scale_threshold(mags, outlier_perc, scaling)
+    if threshold <= 0:
+        return np.zeros_like(a)
+    if sign == "all":
+        return np.clip(a / threshold, -1.0, 1.0)
+    return np.clip(mags / threshold, 0.0, 1.0)
+
+
+def _image_limits(img: np.ndarray) -> tuple[float, float]:
+    lo, hi = float(img.min()), float(img.max())
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)  # a constant image: a valid, flat scale
+
+
+def draw_overlay(
+    ax: Axes,
+    image: Any,
+    attr: Any | None = None,
+    *,
+    sign: str = "positive",
+    outlier_perc: float = 2.0,
+    scaling: str = "cumulative",
+    threshold: float | None = None,
+    alpha: float = 0.7,
+    cmap: str | None = None,
+    title: str | None = None,
+    contour: Any | None = None,
+    contour_color: str = "cyan",
+) -> ScalarMappable:
+    """Draw ``image`` (grey) with ``attr`` on top into ``ax``; returns the map's colour scale.
+
+    The heat map's per-pixel opacity is ``alpha * |scaled value|``: zero attribution leaves the
+    X-ray visible. ``attr=None`` draws the image alone. ``contour``: a mask [H, W] (e.g. a
+    lesion or the lungs) outlined on top.
+    """
+    img = to_image(image)
+    lo, hi = _image_limits(img)
+    ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    sign = _check_sign(sign)
+    cmap_name = cmap or CMAPS[sign]
+    vmin = -1.0 if sign == "all" else 0.0
+    mappable = ScalarMappable(norm=Normalize(vmin=vmin, vmax=1.0), cmap=cmap_name)
+    if attr is not None:
+        if not 0.0 <= alpha <= 1.0:
+            raise InputError(f"alpha must be in [0, 1], got {alpha!r}")
+        scaled = normalize_map(
+            attr, sign, outlier_perc=outlier_perc, scaling=scaling, threshold=threshold
+        )
+        if scaled.shape != img.shape:
+            raise InputError(
+                f"attribution map {scaled.shape} and image {img.shape} differ in size; "
+                "resize one to the other"
+            )
+        rgba = colormaps[cmap_name](mappable.norm(scaled))
+        rgba[..., 3] = alpha * np.abs(scaled)
+        ax.imshow(rgba, interpolation="nearest")
+    if contour is not None:
+        mask = to_image(contour, "contour") > 0
+        if mask.shape != img.shape:
+            raise InputError(f"contour mask {mask.shape} and image {img.shape} differ in size")
+        if mask.any() and not mask.all():
+            ax.contour(mask.astype(float), levels=[0.5], colors=contour_color, linewidths=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return mappable
+
+
+def overlay(
+    image: Any,
+    attr: Any | None = None,
+    *,
+    sign: str = "positive",
+    outlier_perc: float = 2.0,
+    scaling: str = "cumulative",
+    alpha: float = 0.7,
+    cmap: str | None = None,
+    title: str | None = None,
+    contour: Any | None = None,
+    colorbar: bool = True,
+    size: float = 4.0,
+) -> Figure:
+    """A figure of one attribution map over its greyscale image (see :func:`draw_overlay`).
+
+    Args:
+        image: [H, W] or [C, H, W] tensor/array (any range; shown in grey).
+        attr: [H, W] or [C, H, W] map of the same size (channels summed), or None.
+        contour: optional mask [H, W] outlined on top (e.g. a lesion or the lungs).
+    """
+    fig = Figure(figsize=(size + (0.8 if colorbar else 0.0), size), layout="constrained")
+    ax = fig.add_subplot()
+    mappable = draw_overlay(
+        ax,
+        image,
+        attr,
+        sign=sign,
+        outlier_perc=outlier_perc,
+        scaling=scaling,
+        alpha=alpha,
+        cmap=cmap,
+        title=title,
+        contour=contour,
+    )
+    if colorbar and attr is not None:
+        fig.colorbar(mappable, ax=ax, shrink=0.8, label=f"attribution ({sign}, scaled)")
+    return fig
+
+
+__all__ = [
+    "CMAPS",
+    "SCALINGS",
+    "SIGNS",
+    "draw_overlay",
+    "normalize_map",
+    "overlay",
+    "scale_threshold",
+    "to_image",
+    "to_map",
+]
