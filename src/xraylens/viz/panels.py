@@ -130,12 +130,16 @@ def _check_labels(labels: Sequence[str] | None, n: int, name: str) -> None:
         raise InputError(f"{name} has {len(labels)} entries for {n} panels")
 
 
-def _map_of(res: Attribution, index: int, label: str) -> np.ndarray | None:
-    """The map of ``label`` for image ``index`` in ``res``, or None when it was not explained."""
+def _check_index(res: Attribution, index: int) -> None:
     if not isinstance(res, Attribution):
         raise InputError(f"expected an xraylens Attribution, got {type(res).__name__}")
     if not 0 <= index < res.values.shape[0]:
         raise InputError(f"image index {index} out of range for {res.values.shape[0]} images")
+
+
+def _map_of(res: Attribution, index: int, label: str) -> np.ndarray | None:
+    """The map of ``label`` for image ``index`` in ``res``, or None when it was not explained."""
+    _check_index(res, index)
     if label not in res.labels_of(index):
         return None
     return res.map(index, label).numpy()
@@ -144,6 +148,7 @@ def _map_of(res: Attribution, index: int, label: str) -> np.ndarray | None:
 def _labels_in(results: Sequence[Attribution], index: int) -> list[str]:
     seen: list[str] = []
     for res in results:
+        _check_index(res, index)
         for name in res.labels_of(index):
             if name not in seen:
                 seen.append(name)
@@ -214,6 +219,7 @@ def plot_attribution(
 
     ``columns``: panels per row (default: all in one row up to 7, then wrapped).
     """
+    _check_index(res, index)
     names = list(labels) if labels is not None else list(res.labels_of(index))
     if not names:
         raise InputError(f"image {index} has no explained label")
