@@ -90,8 +90,12 @@ def run_synthetic(cfg: DemoConfig, out: Path, log: Callable[[str], None] = print
     torch.manual_seed(cfg.seed)
     with phases.phase("data", f"drawing {cfg.n_train} + {cfg.n_test} phantoms at {cfg.size} px"):
         shortcut = xl.data.Shortcut("marker", SHORTCUT_LABEL, cfg.shortcut_p, cfg.shortcut_p_other)
-        train = xl.data.Phantoms(cfg.n_train, cfg.size, seed=cfg.seed, classes=CLASSES, shortcut=shortcut)
-        test = xl.data.Phantoms(cfg.n_test, cfg.size, seed=cfg.seed + 1, classes=CLASSES, shortcut=shortcut)
+        train = xl.data.Phantoms(
+            cfg.n_train, cfg.size, seed=cfg.seed, classes=CLASSES, shortcut=shortcut
+        )
+        test = xl.data.Phantoms(
+            cfg.n_test, cfg.size, seed=cfg.seed + 1, classes=CLASSES, shortcut=shortcut
+        )
         present = train.targets.sum(0) > 0
         labels = tuple(name for name, p in zip(train.labels, present.tolist()) if p)
         cols = [train.labels.index(name) for name in labels]
