@@ -7,7 +7,8 @@ DIR holds the two datasets in their own layouts (covid-chestxray with ``metadata
    ``n_train`` / ``n_test`` images, preprocessed at ``size`` px;
 2. train a ResNet18 on the labels with enough positives;
 3. test AUC per label, and per data source the mean COVID-19 probability;
-4. explain test images that have a lung mask, each for its first positive label, and measure
+4. explain test images that have a lung mask (a few per group that the model has as a label),
+   each for that label, and measure
    the share of positive attribution inside the lungs against the lungs' area share (chance),
    and the pointing game on the lungs;
 5. NAPs of the test images for the groups COVID-19, Pneumonia and No Finding (as the paper)
@@ -134,7 +135,8 @@ def run_real(cfg: DemoConfig, root: Path, out: Path, log: Callable[[str], None] 
     missing = [m for m in cfg.methods if m not in methods]
     per_group = max(1, cfg.explain_per_class)
     chosen, lungs = [], []
-    for group in GROUPS:
+    explained = [g for g in GROUPS if g in labels] or list(labels)
+    for group in explained:
         picked = 0
         for n, rec in enumerate(records):
             if picked >= per_group or n in chosen or group not in rec["labels"]:
@@ -144,7 +146,7 @@ def run_real(cfg: DemoConfig, root: Path, out: Path, log: Callable[[str], None] 
                 chosen.append(n)
                 lungs.append(mask)
                 picked += 1
-    targets = [[next(g for g in GROUPS if g in records[n]["labels"])] for n in chosen]
+    targets = [[next(g for g in explained if g in records[n]["labels"])] for n in chosen]
     attribution: dict[str, dict[str, Any]] = {}
     maps: dict[str, np.ndarray] = {}
     with phases.phase("explain", f"explaining {len(chosen)} test images with {methods}"):

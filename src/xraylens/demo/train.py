@@ -63,7 +63,12 @@ def train_classifier(
     module = clf.forward_module()
     params = [p for p in clf.module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
+    if steps >= 4:  # warm up a quarter of the steps (at least two), then anneal
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, total_steps=steps, pct_start=max(0.25, 2 / steps)
+        )
+    else:  # too short for a schedule
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     gen = torch.Generator().manual_seed(seed)
     batch_size = min(batch_size, x.shape[0])
     losses: list[float] = []
