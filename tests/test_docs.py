@@ -198,3 +198,21 @@ def test_contract_names_are_documented():
         "densenet161",
     ):
         assert f"`{name}`" in text, name
+
+
+@pytest.mark.parametrize("name", _builtin("attributor"))
+def test_every_parameter_of_a_builtin_attributor_is_documented(name):
+    import attrs
+
+    config = getattr(plugins.entries("attributor")[name].factory, "Config", None)
+    if not attrs.has(config):
+        pytest.skip(f"{name} has no attrs Config")
+    text = _text(DOCS / "methods.md")
+    section = text.split(f"## `{name}`", 1)[1].split("\n## `", 1)[0]
+    shared = text.split("## SmoothGrad and VarGrad", 1)[1].split("\n## `", 1)[0]
+    missing = [
+        f.name
+        for f in attrs.fields(config)
+        if f"| `{f.name}` |" not in section and f"| `{f.name}` |" not in shared
+    ]
+    assert not missing, f"docs/methods.md, {name}: undocumented parameters {missing}"
