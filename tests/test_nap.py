@@ -276,6 +276,10 @@ def test_errors_and_failed_batch_leaves_state():
         run(clf, x, m.float() * 0.5, 4)
     with pytest.raises(xl.InputError, match="weighting"):
         xl.get_profiler("nap", weighting="equal")
+    with pytest.raises(xl.InputError, match="unique"):
+        xl.get_profiler("nap", layers=["conv1", "conv1"])
+    with pytest.raises(xl.InputError, match="empty"):
+        xl.get_profiler("nap", layers=[])
     with pytest.raises(xl.InputError, match="channels"):
         run(clf, torch.rand(4, 3, 16, 16), m, 4)
     prof = xl.get_profiler("nap", layers=LAYERS, groups=GROUPS)

@@ -88,3 +88,12 @@ def test_check_membership():
         check_membership([[2, 0]], 1, 2)
     with pytest.raises(xl.InputError, match="membership must"):
         check_membership([["a", "b"]], 1, 2)
+
+
+def test_label_space_and_paper_labels():
+    space = xl.data.LabelSpace()
+    y = torch.zeros(2, len(space.labels))
+    y[0, space.labels.index("COVID-19")] = 1
+    y[1, space.labels.index("No Finding")] = 1
+    m = membership_from_targets(y, space, ("COVID-19", "No Finding"))
+    assert m.tolist() == [[True, False], [False, True]]

@@ -22,7 +22,7 @@ from xraylens.core.profiler import Profiler
 from xraylens.errors import InputError
 from xraylens.hookspecs import hookimpl
 from xraylens.profile.groups import check_membership, group_names
-from xraylens.profile.result import NAPResult, _check_weighting, unknown_layer
+from xraylens.profile.result import NAPResult, check_weighting, unknown_layer
 
 INPUT = "input"
 
@@ -76,10 +76,11 @@ class _Batch:
                 "([N, C] vectors or [N, C, H, W] maps)"
             )
         act = act.detach()
-        flat = act.reshape(n, act.shape[1], -1)
-        # Extremes in the activation dtype (exact), then float64 like everything else.
-        self.lo[layer] = flat.amin(dim=(0, 2)).to(torch.float64)
-        self.hi[layer] = flat.amax(dim=(0, 2)).to(torch.float64)
+        rows = act.reshape(n * act.shape[1], -1)  # one row per (image, feature map)
+        # Extremes in the activation dtype (exact), then float64 like everything else; reducing
+        # the contiguous inner dimension first is ~2x faster than amin over dims (0, 2).
+        self.lo[layer] = rows.amin(dim=1).view(n, -1).amin(dim=0).to(torch.float64)
+        self.hi[layer] = rows.amax(dim=1).view(n, -1).amax(dim=0).to(torch.float64)
         # Batch sums per group as one float64 product: [G, N] @ [N, C*S]; overlapping groups
         # cost nothing extra and no per-image loop runs in Python.
         sums = self.weights @ act.reshape(n, -1).to(torch.float64)
@@ -120,8 +121,10 @@ class NAPProfiler(Profiler):
         self._layers_arg = None if layers is None else tuple(str(v) for v in layers)
         if self._layers_arg is not None and not self._layers_arg:
             raise InputError("layers must not be empty (None: the classifier's default layers)")
+        if self._layers_arg is not None and len(set(self._layers_arg)) != len(self._layers_arg):
+            raise InputError(f"layers must be unique, got {list(self._layers_arg)}")
         self._groups_arg = None if groups is None else group_names(groups)
-        self.weighting = _check_weighting(weighting)
+        self.weighting = check_weighting(weighting)
         self.device = None if device is None else torch.device(device)
         self.progress = progress
         self.reset()

@@ -38,7 +38,7 @@ def unknown_layer(layer: Any, known: Any, where: str) -> UnknownLayerError:
     return UnknownLayerError(f"unknown layer {layer!r} in {where}{hint}")
 
 
-def _check_weighting(weighting: str) -> str:
+def check_weighting(weighting: str) -> str:
     if weighting not in WEIGHTINGS:
         raise InputError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     return weighting
@@ -105,7 +105,7 @@ class NAPResult:
     ):
         self.layers = tuple(str(v) for v in layers)
         self.groups = tuple(str(v) for v in groups)
-        self.weighting = _check_weighting(weighting)
+        self.weighting = check_weighting(weighting)
         self.model = model
         self.n_images = int(n_images)
         self.group_counts = np.asarray(group_counts, dtype=np.int64).reshape(-1)
@@ -190,7 +190,7 @@ class NAPResult:
     def naps(self, weighting: str | None = None) -> LayerMap:
         """NAPs with another weighting: ``"uniform"`` (unweighted mean of the group means) or
         ``"size"`` (weighted by group size); groups with no image are left out of the mean."""
-        return self._per_group("nap", _check_weighting(weighting or self.weighting))
+        return self._per_group("nap", check_weighting(weighting or self.weighting))
 
     def map_scores(
         self, layer: str, group: str | None = None, weighting: str | None = None
