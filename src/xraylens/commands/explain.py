@@ -257,41 +257,47 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     failed: dict[str, str] = {}
     done = skipped = 0
-    pending = [(p, k) for p, k in zip(paths, keys)]
-    bar = tqdm(total=len(pending), desc="explain", unit="img", disable=args.quiet or None)
-    try:
-        while pending:
-            batch, images = [], []
-            while pending and len(batch) < args.batch_size:
-                path, key = pending.pop(0)
-                if not any(todo(key)):
-                    skipped += 1
-                    bar.update(1)
-                    continue
-                try:
-                    images.append(xl.data.preprocess(xl.data.read_image(path), size=size))
-                    batch.append((path, key))
-                except ImageReadError as exc:
-                    failed[str(path)] = exc.cause
-                    bar.update(1)
-            if not batch:
+    bar = tqdm(total=len(paths), desc="explain", unit="img", disable=args.quiet or None)
+
+    def batches():
+        """Readable images that still need work, ``batch_size`` at a time."""
+        batch, images = [], []
+        nonlocal skipped
+        for path, key in zip(paths, keys):
+            if not any(todo(key)):
+                skipped += 1
+                bar.update(1)
                 continue
-            x = torch.stack(images)
-            plans = [todo(key) for _, key in batch]
-            for j, (_, key) in enumerate(batch):  # finish what an interrupted run left
+            try:
+                images.append(xl.data.preprocess(xl.data.read_image(path), size=size))
+                batch.append(key)
+            except ImageReadError as exc:
+                failed[str(path)] = exc.cause
+                bar.update(1)
+                continue
+            if len(batch) == args.batch_size:
+                yield batch, torch.stack(images)
+                batch, images = [], []
+        if batch:
+            yield batch, torch.stack(images)
+
+    try:
+        for batch, x in batches():
+            plans = [todo(key) for key in batch]
+            for j, key in enumerate(batch):  # finish what an interrupted run left: PNGs only
                 for m in plans[j][1]:
                     npz, png = outputs(key, m)
                     _write_png(png, x[j], Attribution.load(npz), args.sign)
             targets = _targets(labels, clf, x, args.threshold)
+            per_image = isinstance(targets, list) and isinstance(targets[0], list)
             for m in methods:
                 need = [j for j in range(len(batch)) if m in plans[j][0]]
                 if not need:
                     continue
-                per_image = isinstance(targets, list) and isinstance(targets[0], list)
                 tgt = [targets[j] for j in need] if per_image else targets
                 res = attributors[m].attribute(clf, x[need], tgt, output=args.output)
                 for i, j in enumerate(need):
-                    npz, png = outputs(batch[j][1], m)
+                    npz, png = outputs(batch[j], m)
                     single = _one_image(res, i)
                     single.save(npz)
                     if not args.no_png:
