@@ -1,0 +1,75 @@
+"""Step ``ensemble``: combine the backbones of each fold and evaluate like a single model.
+
+- ``ensemble``: the mean of the models' sigmoid outputs, thresholded as usual (this recipe's
+  ensemble, as the issue specifies);
+- ``ensemble_vote``: a label is predicted when more than half of the models predict it (the
+  majority voting of the paper's journal version), stored as the share of votes.
+
+Both read the test predictions written by ``evaluate`` (no model is run again).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from examples.covid_cxr.context import Run
+from examples.covid_cxr.data import read_json, write_json
+from examples.covid_cxr.evaluate import load_predictions, save_predictions, score_model
+from xraylens.errors import InputError
+
+ENSEMBLES = ("ensemble", "ensemble_vote")
+
+
+def combine_fold(run: Run, fold: int) -> dict[str, np.ndarray]:
+    """``{"ensemble": mean probs, "ensemble_vote": vote share}`` [N, L] of one fold."""
+    preds = [load_predictions(run.predictions(b, fold)) for b in run.profile.backbones]
+    ids, targets = preds[0]["ids"], preds[0]["targets"]
+    for b, pred in zip(run.profile.backbones, preds):
+        if not np.array_equal(pred["ids"], ids):
+            raise InputError(
+                f"fold {fold}: {b}'s predictions cover other test images; rerun evaluate"
+            )
+    probs = np.stack([pred["probs"] for pred in preds])  # [M, N, L]
+    votes = (probs > run.profile.threshold).mean(axis=0)
+    # a vote share above the threshold 0.5 is a strict majority; shift so that the common
+    # ">" threshold of the metrics keeps that meaning for any profile threshold
+    vote_scores = votes - 0.5 + run.profile.threshold
+    return {
+        "ensemble": probs.mean(axis=0),
+        "ensemble_vote": vote_scores,
+        "ids": ids,
+        "targets": targets,
+    }
+
+
+def ensemble(run: Run) -> dict[str, Any]:
+    """Write ``predictions/ensemble*/fold<k>.npz`` and ``metrics/ensemble.json`` (rank 0)."""
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {}
+    if run.dist.is_main:
+        labels = read_json(run.out / "dataset.json")["labels"]
+        for fold in range(run.profile.folds):
+            combined = combine_fold(run, fold)
+            for name in ENSEMBLES:
+                save_predictions(
+                    run.predictions(name, fold),
+                    combined[name],
+                    combined["targets"],
+                    list(combined["ids"]),
+                )
+        for name in ENSEMBLES:
+            results[name] = score_model(run, name, labels, run.profile.folds)
+        write_json(
+            run.out / "metrics" / "ensemble.json",
+            {
+                "members": list(run.profile.backbones),
+                "threshold": run.profile.threshold,
+                "models": {k: v["summary"] for k, v in results.items()},
+            },
+        )
+        run.record_time("ensemble", time.perf_counter() - t0)
+    run.dist.barrier()
+    return results

@@ -1,0 +1,301 @@
+"""Step ``report``: one Markdown file with the tables and figures of the run, linking outputs.
+
+``report.md`` (in ``--out``) holds: run settings and per-step times; the data and split sizes;
+training curves and the selected epochs; the paper's Table 2 layout (micro and macro precision,
+recall, F1 as mean +- std over folds, every model and the ensembles); per-label figures; the
+explanation figures; the NAP plots; and the conventions behind the numbers. Paths are relative,
+so the folder can be moved or zipped as a whole.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from examples.covid_cxr.context import Run
+from examples.covid_cxr.data import read_json
+from examples.covid_cxr.metrics import fmt
+from xraylens.core.atomic import atomic_write_text
+
+STEPS = ("prepare", "train", "evaluate", "ensemble", "explain", "profile")
+MAX_FIGURES = 12  # explanation figures shown inline; the rest are linked from the index
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _load(path: Path) -> Any:
+    return read_json(path) if path.is_file() else None
+
+
+def curves_figure(run: Run) -> Path | None:
+    """Training and validation loss per epoch of every model (one panel per fold)."""
+    histories = {}
+    for backbone in run.profile.backbones:
+        for fold in range(run.profile.folds):
+            summary = _load(run.model_dir(backbone, fold) / "train.json")
+            if summary:
+                histories[(backbone, fold)] = summary
+    if not histories:
+        return None
+    folds = sorted({f for _, f in histories})
+    fig = Figure(figsize=(4.2 * len(folds), 3.2), layout="constrained")
+    axes = fig.subplots(1, len(folds), squeeze=False)[0]
+    for ax, fold in zip(axes, folds):
+        for (backbone, f), s in histories.items():
+            if f != fold:
+                continue
+            epochs = [h["epoch"] for h in s["history"]]
+            line = ax.plot(
+                epochs, [h["train_loss"] for h in s["history"]], label=f"{backbone} train"
+            )
+            ax.plot(
+                epochs,
+                [h["val_loss"] for h in s["history"]],
+                "--",
+                color=line[0].get_color(),
+                label=f"{backbone} val",
+            )
+            if s.get("best_epoch"):
+                ax.axvline(s["best_epoch"], color=line[0].get_color(), alpha=0.3)
+        ax.set_title(f"fold {fold}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("BCE loss")
+        ax.legend(fontsize=7)
+    from xraylens import viz
+
+    return viz.save_figure(fig, run.out / "training" / "curves.png")
+
+
+def _section_times(run: Run) -> list[str]:
+    timings = _load(run.out / "timings.json") or {}
+    rows = [
+        [s, f"{timings[s]['seconds']:.1f}", timings[s]["finished"]] for s in STEPS if s in timings
+    ]
+    total = sum(timings[s]["seconds"] for s in STEPS if s in timings)
+    lines = ["## Run", ""]
+    p = run.profile
+    lines += [
+        f"- profile **{p.name}**: {p.description}",
+        f"- data: `{run.data}`",
+        f"- backbones: {', '.join(p.backbones)}; {p.size} px; {p.folds} fold(s) "
+        f"({p.scheme}); {p.epochs} epochs; batch {p.batch_size}; seed {p.seed}",
+        f"- processes: {run.dist.world} ({run.dist.device})",
+        "",
+    ]
+    lines += ["Wall time per step (seconds, last run of each step):", ""]
+    lines += _table(["step", "seconds", "finished"], rows + [["total", f"{total:.1f}", ""]])
+    return lines
+
+
+def _section_data(run: Run) -> list[str]:
+    info, meta = _load(run.out / "dataset.json"), _load(run.out / "run.json")
+    if not info:
+        return []
+    lines = [
+        "## Data",
+        "",
+        f"{info['images']} images of {info['patients']} patients; "
+        + ", ".join(f"{k}: {v}" for k, v in info["sources"].items())
+        + ".",
+        "",
+    ]
+    if info["duplicate_rows"]:
+        lines += [
+            f"{len(info['duplicate_rows'])} upstream metadata rows repeat an image under "
+            "another patient id; those patients are one split group.",
+            "",
+        ]
+    lines += _table(["label", "images"], [[k, v] for k, v in info["label_counts"].items()])
+    sizes = meta["split_sizes"] if meta else []
+    lines += ["Subject-level splits (images): [splits.json](splits.json)", ""]
+    lines += _table(
+        ["fold", "train", "val", "test"],
+        [[k, s["train"], s["val"], s["test"]] for k, s in enumerate(sizes)],
+    )
+    return lines
+
+
+def _section_training(run: Run) -> list[str]:
+    rows = []
+    for backbone in run.profile.backbones:
+        for fold in range(run.profile.folds):
+            s = _load(run.model_dir(backbone, fold) / "train.json")
+            if not s:
+                continue
+            best = s["history"][s["best_epoch"] - 1]
+            rows.append(
+                [
+                    backbone,
+                    fold,
+                    s["best_epoch"],
+                    f"{best['val_loss']:.4f}",
+                    fmt({"mean": best["val_macro_f1"]}),
+                    f"{s['history'][-1]['train_loss']:.4f}",
+                    f"{sum(h['seconds'] for h in s['history']):.0f}",
+                ]
+            )
+    if not rows:
+        return []
+    lines = [
+        "## Training",
+        "",
+        f"Model selection: {run.profile.select} on the validation "
+        "patients (never the test split); `best.pt` is the selected epoch.",
+        "",
+    ]
+    lines += _table(
+        ["model", "fold", "best epoch", "val loss", "val macro-F1", "last train loss", "train s"],
+        rows,
+    )
+    curves = curves_figure(run)
+    if curves:
+        lines += ["![loss curves](training/curves.png)", ""]
+    return lines
+
+
+def _section_results(run: Run) -> list[str]:
+    models = (_load(run.out / "metrics" / "models.json") or {}).get("models", {})
+    models.update((_load(run.out / "metrics" / "ensemble.json") or {}).get("models", {}))
+    if not models:
+        return []
+    lines = [
+        "## Results on the test splits",
+        "",
+        f"Threshold {run.profile.threshold} on the sigmoid output; mean ± std over "
+        f"{run.profile.folds} fold(s). Per fold: [metrics/](metrics/).",
+        "",
+    ]
+    header = ["model", "micro P", "micro R", "micro F1", "macro P", "macro R", "macro F1"]
+    rows = [
+        [name]
+        + [fmt(s[avg][fig]) for avg in ("micro", "macro") for fig in ("precision", "recall", "f1")]
+        for name, s in models.items()
+    ]
+    lines += _table(header, rows)
+    labels = list(next(iter(models.values()))["per_label"])
+    lines += [
+        "Per-label F1 (test positives summed over folds in brackets; n/a: no positive "
+        "test image in any fold):",
+        "",
+    ]
+    first = next(iter(models.values()))["per_label"]
+    rows = [
+        [f"{lab} ({first[lab]['support']})"]
+        + [fmt(s["per_label"][lab]["f1"]) for s in models.values()]
+        for lab in labels
+    ]
+    lines += _table(["label"] + list(models), rows)
+    for name, s in models.items():
+        lines += [f"<details><summary>{name}: per-label precision / recall / F1</summary>", ""]
+        lines += _table(
+            ["label", "precision", "recall", "F1", "positives"],
+            [
+                [lab, fmt(v["precision"]), fmt(v["recall"]), fmt(v["f1"]), v["support"]]
+                for lab, v in s["per_label"].items()
+            ],
+        )
+        lines += ["</details>", ""]
+    return lines
+
+
+def _section_explain(run: Run) -> list[str]:
+    lines = []
+    for fold in run.profile.explain_folds:
+        index = _load(run.explain_dir(fold) / "index.json")
+        if not index:
+            continue
+        rel = f"explain/fold{fold}"
+        lines += [
+            f"## Explanations (fold {fold})",
+            "",
+            f"{len(index['images'])} test images x {len(index['methods'])} methods "
+            f"({', '.join(index['methods'])}) x {len(run.profile.backbones)} model(s); "
+            f"output: {index['output']}; targets: true or predicted labels. "
+            f"Index: [{rel}/index.json]({rel}/index.json).",
+            "",
+        ]
+        lines += [f"- note: {n}" for n in index.get("notes", [])]
+        shown = 0
+        for entry in index["images"]:
+            for fig in entry["figures"]:
+                if shown < MAX_FIGURES:
+                    lines += [f"![{entry['id']}]({rel}/{entry['folder']}/{fig})", ""]
+                else:
+                    lines += [f"- [{entry['id']}: {fig}]({rel}/{entry['folder']}/{fig})"]
+                shown += 1
+        lines += [""]
+    return lines
+
+
+def _section_naps(run: Run) -> list[str]:
+    lines = []
+    for fold in run.profile.explain_folds:
+        for backbone in run.profile.backbones:
+            s = _load(run.nap_dir(backbone, fold) / "summary.json")
+            if not s:
+                continue
+            rel = f"naps/{backbone}/fold{fold}"
+            lines += [
+                f"### {backbone}, fold {fold}",
+                "",
+                f"{s['images']} test images; groups: "
+                + ", ".join(f"{g} {n}" for g, n in s["counts"].items())
+                + ".",
+                "",
+                f"![input NAP]({rel}/input.png)",
+                "",
+                f"![inactive maps]({rel}/inactive.png)",
+                "",
+                "Per layer: "
+                + ", ".join(f"[{p}]({rel}/{p})" for p in s["plots"] if p.startswith("nap_")),
+                "",
+            ]
+    return ["## Neuron Activation Profiles", ""] + lines if lines else []
+
+
+NOTES = """## How to read these numbers
+
+- Random initialisation unless a `pretrained` setting says otherwise: the paper fine-tuned
+  ImageNet weights; numbers are not expected to match it.
+- The two sources differ in age (children vs adults), resolution, borders and burnt-in text: a
+  model can separate COVID-19 (adult source) from the rest by those alone. The NAP input plots
+  and the explanations show whether it does. These are not clinical figures.
+- A label is predicted when its probability exceeds the threshold. Labels with no positive test
+  image are n/a for that fold and left out of its macro average and of their own mean; their
+  false positives still count in the micro figures. Std: sample std over folds (none for one).
+"""
+
+
+def report(run: Run) -> Path | None:
+    """Write ``report.md`` (rank 0)."""
+    t0 = time.perf_counter()
+    if not run.dist.is_main:
+        run.dist.barrier()
+        return None
+    lines = [
+        f"# COVID-19 chest X-ray recipe: {run.profile.name} run",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `python -m examples.covid_cxr report`.",
+        "",
+    ]
+    for section in (
+        _section_times,
+        _section_data,
+        _section_training,
+        _section_results,
+        _section_explain,
+        _section_naps,
+    ):
+        lines += section(run)
+    lines += NOTES.splitlines()
+    path = atomic_write_text(run.out / "report.md", "\n".join(lines) + "\n")
+    run.record_time("report", time.perf_counter() - t0)
+    run.dist.barrier()
+    return path
