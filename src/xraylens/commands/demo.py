@@ -49,6 +49,11 @@ def add_parser(sub, parents=()) -> argparse.ArgumentParser:
     p.add_argument(
         "--methods", help=f"comma-separated attribution methods (default {','.join(d.methods)})"
     )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        help=f"seconds after which training stops early (default {d.time_limit:g}; 0: none)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the final lines")
     p.set_defaults(func=run)
     return p
@@ -78,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--size must be at least 32 (ResNet18's smallest input)")
     if args.methods:
         changes["methods"] = tuple(split_list(args.methods))
+    if args.time_limit is not None:
+        if args.time_limit < 0:
+            raise UsageError("--time-limit must be >= 0 (0: no limit)")
+        changes["time_limit"] = args.time_limit or None
     if args.data is not None and not args.data.is_dir():
         raise UsageError(f"--data {args.data} is not a folder")
     cfg = attrs.evolve(cfg, **changes)

@@ -50,7 +50,8 @@ def add_parser(sub, parents=()) -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="M",
-        help="attribution method; repeat or comma-separate for several (see `xraylens list`)",
+        help="attribution method; repeat or comma-separate for several, 'all' for every "
+        "registered one (see `xraylens list`)",
     )
     p.add_argument(
         "--labels",
@@ -94,6 +95,9 @@ def _methods(values: list[str]) -> list[str]:
     names: list[str] = []
     for value in values:
         for name in split_list(value):
+            if name == "all":
+                names += [n for n in plugins.names("attributor") if n not in names]
+                continue
             try:
                 entry = plugins.lookup("attributor", name)
             except UnknownPluginError as exc:

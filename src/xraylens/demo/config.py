@@ -47,7 +47,7 @@ class DemoConfig:
     steps: int = 60
     batch_size: int = 32
     lr: float = 3e-3
-    time_limit: float = 120.0
+    time_limit: float | None = 120.0
     explain_per_class: int = 4
     methods: tuple[str, ...] = attrs.field(default=DEFAULT_METHODS, converter=tuple)
     ig_steps: int = 16

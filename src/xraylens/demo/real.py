@@ -119,7 +119,10 @@ def run_real(cfg: DemoConfig, root: Path, out: Path, log: Callable[[str], None] 
             time_limit=cfg.time_limit,
         )
         if fit.stopped_early:
-            log(f"    time limit {cfg.time_limit:.0f} s reached after {fit.steps} steps")
+            log(
+                f"    time limit {cfg.time_limit:.0f} s reached after {fit.steps} of {cfg.steps} "
+                "steps (a busy or slow machine): the model is under-trained"
+            )
     with phases.phase("evaluate", f"evaluating on {len(test_idx)} test images"):
         probs = predict(clf, x_test)
         auc = {name: metrics.auc(probs[:, j], y_test[:, j]) for j, name in enumerate(labels)}

@@ -113,7 +113,10 @@ def run_synthetic(cfg: DemoConfig, out: Path, log: Callable[[str], None] = print
             time_limit=cfg.time_limit,
         )
         if fit.stopped_early:
-            log(f"    time limit {cfg.time_limit:.0f} s reached after {fit.steps} steps")
+            log(
+                f"    time limit {cfg.time_limit:.0f} s reached after {fit.steps} of {cfg.steps} "
+                "steps (a busy or slow machine): the model is under-trained"
+            )
     with phases.phase("evaluate", "evaluating on the test phantoms"):
         probs = predict(clf, test.images)
         auc = {name: metrics.auc(probs[:, j], y_test[:, j]) for j, name in enumerate(labels)}
