@@ -28,13 +28,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import torch
 
 import xraylens as xl
 from xraylens.demo import metrics
 from xraylens.demo.config import DemoConfig, Phases
-from xraylens.demo.train import predict, train_classifier
+from xraylens.demo.train import predict
 from xraylens.errors import ImageReadError, InputError
 
 GROUPS = ("COVID-19", "Pneumonia", "No Finding")
@@ -85,7 +86,7 @@ def run_real(cfg: DemoConfig, root: Path, out: Path, log: Callable[[str], None] 
     from xraylens.commands.datasets import open_data
     from xraylens.core.atomic import atomic_write_text
     from xraylens.demo.report_real import real_markdown, write_real_figures
-    from xraylens.demo.synthetic import attributor
+    from xraylens.demo.synthetic import _train_summary, attributor, train_logged
     from xraylens.profile import membership_from_records, membership_from_targets
 
     phases = Phases(6, log)
@@ -108,21 +109,7 @@ def run_real(cfg: DemoConfig, root: Path, out: Path, log: Callable[[str], None] 
         records = [ds.records[i] for i in test_idx]
     clf = xl.get_classifier("resnet18", labels=labels, input_size=cfg.size)
     with phases.phase("train", f"training resnet18 ({cfg.steps} steps, {len(labels)} labels)"):
-        fit = train_classifier(
-            clf,
-            x_train,
-            y_train,
-            steps=cfg.steps,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            seed=cfg.seed,
-            time_limit=cfg.time_limit,
-        )
-        if fit.stopped_early:
-            log(
-                f"    time limit {cfg.time_limit:.0f} s reached after {fit.steps} of {cfg.steps} "
-                "steps (a busy or slow machine): the model is under-trained"
-            )
+        fit = train_logged(clf, x_train, y_train, cfg, log)
     with phases.phase("evaluate", f"evaluating on {len(test_idx)} test images"):
         probs = predict(clf, x_test)
         auc = {name: metrics.auc(probs[:, j], y_test[:, j]) for j, name in enumerate(labels)}
@@ -203,20 +190,14 @@ def run_real(cfg: DemoConfig, root: Path, out: Path, log: Callable[[str], None] 
     result: dict[str, Any] = {
         "mode": "real",
         "data": str(root),
-        "config": __import__("attrs").asdict(cfg),
+        "config": attrs.asdict(cfg),
         "labels": list(labels),
         "methods": methods,
         "missing_methods": missing,
         "n_train": len(train_idx),
         "n_test": len(test_idx),
         "failed": {**bad_train, **bad_test},
-        "train": {
-            "steps": fit.steps,
-            "seconds": fit.seconds,
-            "stopped_early": fit.stopped_early,
-            "final_loss": float(np.mean(fit.losses[-10:])),
-            "losses": list(fit.losses),
-        },
+        "train": _train_summary(fit),
         "test": {"auc": auc, "covid_probability_by_source": by_source},
         "attribution": attribution,
         "profile": profile,

@@ -81,20 +81,113 @@ def _nanmean(values: list[float]) -> float:
     return float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
 
 
+def _explain_one(method: str, cfg: DemoConfig, clf, x, targets, records) -> tuple:
+    """Maps [n, H, W] of ``method`` and their measures against the known masks."""
+    start = time.perf_counter()
+    res = attributor(method, cfg).attribute(clf, x, targets)
+    maps = res.values[:, 0].sum(1).numpy()  # channels summed: [n, H, W]
+    rows = []
+    for n, rec in enumerate(records):
+        row = {"finding": rec["finding"], "shortcut": rec["shortcut"]}
+        if rec["finding"] in LESION_CLASSES and not rec["shortcut"]:
+            row["lesion"] = metrics.concentration(maps[n], rec["lesion_mask"])
+            row["lungs"] = metrics.concentration(maps[n], rec["lung_mask"])
+            tolerance = max(1, cfg.size // 48)
+            row["hit"] = metrics.pointing_hit(maps[n], rec["lesion_mask"], tolerance=tolerance)
+        if rec["shortcut"]:
+            row["marker"] = metrics.concentration(maps[n], rec["shortcut_mask"])
+        rows.append(row)
+    lesion = [r for r in rows if "lesion" in r]
+    marker = [r for r in rows if "marker" in r]
+    summary = {
+        "seconds": time.perf_counter() - start,
+        "lesion_share": _nanmean([r["lesion"]["share"] for r in lesion]),
+        "lesion_chance": _nanmean([r["lesion"]["chance"] for r in lesion]),
+        "lesion_ratio": _nanmean([r["lesion"]["ratio"] for r in lesion]),
+        "lung_share": _nanmean([r["lungs"]["share"] for r in lesion]),
+        "pointing": _nanmean([float(r["hit"]) for r in lesion]),
+        "marker_share": _nanmean([r["marker"]["share"] for r in marker]),
+        "marker_chance": _nanmean([r["marker"]["chance"] for r in marker]),
+        "marker_ratio": _nanmean([r["marker"]["ratio"] for r in marker]),
+        "images": rows,
+    }
+    return maps, summary
+
+
+def _profile(clf, test) -> tuple[Any, dict[str, Any], np.ndarray]:
+    """NAPs of the test set and, per layer, the COVID-19 NAP's energy in the marker region and
+    in the COVID-19 lesion region."""
+    from xraylens.profile import membership_from_targets
+
+    prof = xl.get_profiler("nap", groups=NAP_GROUPS)
+    member = membership_from_targets(test.targets, test.labels, NAP_GROUPS)
+    for start in range(0, len(test), 50):
+        prof.update(clf, test.images[start : start + 50], member[start : start + 50])
+    nap = prof.result()
+    marker_region = np.any([r["shortcut_mask"] for r in test.records], axis=0)
+    covid = [r["lesion_mask"] for r in test.records if r["finding"] == SHORTCUT_LABEL]
+    lesion_region = np.any(covid, axis=0)
+    profile = {
+        layer: {
+            "shape": list(nap.shape(layer)),
+            "marker": metrics.energy_concentration(nap.nap[layer][SHORTCUT_LABEL], marker_region),
+            "lesion": metrics.energy_concentration(nap.nap[layer][SHORTCUT_LABEL], lesion_region),
+        }
+        for layer in nap.layers
+    }
+    return nap, profile, marker_region
+
+
+def _train_summary(fit) -> dict[str, Any]:
+    return {
+        "steps": fit.steps,
+        "seconds": fit.seconds,
+        "stopped_early": fit.stopped_early,
+        "final_loss": float(np.mean(fit.losses[-10:])),
+        "losses": list(fit.losses),
+    }
+
+
+def train_logged(clf, x, y, cfg: DemoConfig, log: Callable[[str], None]):
+    """:func:`train_classifier` with the demo's settings; says so when the limit cut it short."""
+    fit = train_classifier(
+        clf,
+        x,
+        y,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        time_limit=cfg.time_limit,
+    )
+    if fit.stopped_early:
+        log(
+            f"    time limit {cfg.time_limit:.0f} s reached after {fit.steps} of {cfg.steps} "
+            "steps (a busy or slow machine): the model is under-trained"
+        )
+    return fit
+
+
 def run_synthetic(cfg: DemoConfig, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the phantom demo into ``out``; returns every measured number (and the report path)."""
+    import attrs
+
     from xraylens.core.atomic import atomic_write_text
     from xraylens.demo.report import checks, synthetic_markdown, write_synthetic_figures
 
+    methods, missing = _available(cfg.methods)
+    if not methods:
+        raise xl.XraylensError(
+            f"none of the demo's methods {list(cfg.methods)} is registered; "
+            f"attributors: {xl.list_attributors()}"
+        )
     phases = Phases(6, log)
     torch.manual_seed(cfg.seed)
     with phases.phase("data", f"drawing {cfg.n_train} + {cfg.n_test} phantoms at {cfg.size} px"):
         shortcut = xl.data.Shortcut("marker", SHORTCUT_LABEL, cfg.shortcut_p, cfg.shortcut_p_other)
-        train = xl.data.Phantoms(
-            cfg.n_train, cfg.size, seed=cfg.seed, classes=CLASSES, shortcut=shortcut
-        )
-        test = xl.data.Phantoms(
-            cfg.n_test, cfg.size, seed=cfg.seed + 1, classes=CLASSES, shortcut=shortcut
+        train, test = (
+            xl.data.Phantoms(n, cfg.size, seed=seed, classes=CLASSES, shortcut=shortcut)
+            for n, seed in ((cfg.n_train, cfg.seed), (cfg.n_test, cfg.seed + 1))
         )
         present = train.targets.sum(0) > 0
         labels = tuple(name for name, p in zip(train.labels, present.tolist()) if p)
@@ -102,29 +195,14 @@ def run_synthetic(cfg: DemoConfig, out: Path, log: Callable[[str], None] = print
         y_train, y_test = train.targets[:, cols], test.targets[:, cols]
     clf = xl.get_classifier("resnet18", labels=labels, input_size=cfg.size)
     with phases.phase("train", f"training resnet18 ({cfg.steps} steps, labels {list(labels)})"):
-        fit = train_classifier(
-            clf,
-            train.images,
-            y_train,
-            steps=cfg.steps,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            seed=cfg.seed,
-            time_limit=cfg.time_limit,
-        )
-        if fit.stopped_early:
-            log(
-                f"    time limit {cfg.time_limit:.0f} s reached after {fit.steps} of {cfg.steps} "
-                "steps (a busy or slow machine): the model is under-trained"
-            )
+        fit = train_logged(clf, train.images, y_train, cfg, log)
     with phases.phase("evaluate", "evaluating on the test phantoms"):
         probs = predict(clf, test.images)
         auc = {name: metrics.auc(probs[:, j], y_test[:, j]) for j, name in enumerate(labels)}
         accuracy = float(((probs >= 0.5) == (y_test > 0.5)).float().mean())
         n_cf = max(8, cfg.n_test // 6)
         reliance = {
-            finding: _counterfactual(clf, cfg, finding, n_cf)
-            for finding in ("No Finding", "Bacterial Pneumonia")
+            f: _counterfactual(clf, cfg, f, n_cf) for f in ("No Finding", "Bacterial Pneumonia")
         }
         log(f"    test AUC {', '.join(f'{k} {v:.3f}' for k, v in auc.items())}")
         cf = reliance["No Finding"]
@@ -132,53 +210,18 @@ def run_synthetic(cfg: DemoConfig, out: Path, log: Callable[[str], None] = print
             f"    P(COVID-19) on No Finding phantoms: {cf['without_marker']:.3f} without the "
             f"marker, {cf['with_marker']:.3f} with it"
         )
-    methods, missing = _available(cfg.methods)
-    if not methods:
-        raise xl.XraylensError(
-            f"none of the demo's methods {list(cfg.methods)} is registered; "
-            f"attributors: {xl.list_attributors()}"
-        )
     k = cfg.explain_per_class
-    lesion_idx = [i for f in LESION_CLASSES for i in _pick(test.records, f, False, k)]
-    marker_idx = _pick(test.records, SHORTCUT_LABEL, True, max(1, k // 2))
-    chosen = lesion_idx + marker_idx
+    chosen = [i for f in LESION_CLASSES for i in _pick(test.records, f, False, k)]
+    chosen += _pick(test.records, SHORTCUT_LABEL, True, max(1, k // 2))
+    records = [test.records[i] for i in chosen]
     x = test.images[chosen]
-    targets = [[test.records[i]["finding"]] for i in chosen]
+    targets = [[rec["finding"]] for rec in records]
+    maps: dict[str, np.ndarray] = {}
+    attribution: dict[str, dict[str, Any]] = {}
     with phases.phase("explain", f"explaining {len(chosen)} test images with {methods}"):
-        maps: dict[str, np.ndarray] = {}
-        attribution: dict[str, dict[str, Any]] = {}
         for method in methods:
-            start = time.perf_counter()
-            res = attributor(method, cfg).attribute(clf, x, targets)
-            maps[method] = res.values[:, 0].sum(1).numpy()  # [n, H, W]
-            rows = []
-            for n, i in enumerate(chosen):
-                rec = test.records[i]
-                row = {"index": i, "finding": rec["finding"], "shortcut": rec["shortcut"]}
-                if rec["finding"] in LESION_CLASSES and not rec["shortcut"]:
-                    row["lesion"] = metrics.concentration(maps[method][n], rec["lesion_mask"])
-                    row["lungs"] = metrics.concentration(maps[method][n], rec["lung_mask"])
-                    row["hit"] = metrics.pointing_hit(
-                        maps[method][n], rec["lesion_mask"], tolerance=max(1, cfg.size // 48)
-                    )
-                if rec["shortcut"]:
-                    row["marker"] = metrics.concentration(maps[method][n], rec["shortcut_mask"])
-                rows.append(row)
-            lesion_rows = [r for r in rows if "lesion" in r]
-            marker_rows = [r for r in rows if "marker" in r]
-            attribution[method] = {
-                "seconds": time.perf_counter() - start,
-                "lesion_share": _nanmean([r["lesion"]["share"] for r in lesion_rows]),
-                "lesion_chance": _nanmean([r["lesion"]["chance"] for r in lesion_rows]),
-                "lesion_ratio": _nanmean([r["lesion"]["ratio"] for r in lesion_rows]),
-                "lung_share": _nanmean([r["lungs"]["share"] for r in lesion_rows]),
-                "pointing": _nanmean([float(r["hit"]) for r in lesion_rows]),
-                "marker_share": _nanmean([r["marker"]["share"] for r in marker_rows]),
-                "marker_chance": _nanmean([r["marker"]["chance"] for r in marker_rows]),
-                "marker_ratio": _nanmean([r["marker"]["ratio"] for r in marker_rows]),
-                "images": rows,
-            }
-            a = attribution[method]
+            maps[method], a = _explain_one(method, cfg, clf, x, targets, records)
+            attribution[method] = a
             log(
                 f"    {method:<22} lesion share {a['lesion_share']:.2f} (chance "
                 f"{a['lesion_chance']:.2f}, x{a['lesion_ratio']:.1f}), pointing game "
@@ -186,25 +229,9 @@ def run_synthetic(cfg: DemoConfig, out: Path, log: Callable[[str], None] = print
                 f"({a['seconds']:.1f} s)"
             )
     with phases.phase("profile", f"NAPs of {len(test)} test phantoms, groups {list(NAP_GROUPS)}"):
-        from xraylens.profile import membership_from_targets
-
-        prof = xl.get_profiler("nap", groups=NAP_GROUPS)
-        member = membership_from_targets(test.targets, test.labels, NAP_GROUPS)
-        for start in range(0, len(test), 50):
-            prof.update(clf, test.images[start : start + 50], member[start : start + 50])
-        nap = prof.result()
-        marker_region = np.any([r["shortcut_mask"] for r in test.records], axis=0)
-        covid = [r["lesion_mask"] for r in test.records if r["finding"] == SHORTCUT_LABEL]
-        lesion_region = np.any(covid, axis=0)
-        profile = {}
-        for layer in nap.layers:
-            group_nap = nap.nap[layer][SHORTCUT_LABEL]
-            profile[layer] = {
-                "shape": list(nap.shape(layer)),
-                "marker": metrics.energy_concentration(group_nap, marker_region),
-                "lesion": metrics.energy_concentration(group_nap, lesion_region),
-            }
-            m = profile[layer]["marker"]
+        nap, profile, marker_region = _profile(clf, test)
+        for layer, p in profile.items():
+            m = p["marker"]
             log(
                 f"    {layer:<10} COVID-19 NAP energy in the marker region {m['share']:.2f} "
                 f"(area {m['chance']:.3f}, x{m['ratio']:.1f}), peak there: "
@@ -212,17 +239,11 @@ def run_synthetic(cfg: DemoConfig, out: Path, log: Callable[[str], None] = print
             )
     result: dict[str, Any] = {
         "mode": "synthetic",
-        "config": _config_dict(cfg),
+        "config": attrs.asdict(cfg),
         "labels": list(labels),
         "methods": methods,
         "missing_methods": missing,
-        "train": {
-            "steps": fit.steps,
-            "seconds": fit.seconds,
-            "stopped_early": fit.stopped_early,
-            "final_loss": float(np.mean(fit.losses[-10:])),
-            "losses": list(fit.losses),
-        },
+        "train": _train_summary(fit),
         "test": {"auc": auc, "accuracy": accuracy, "n": len(test)},
         "reliance": reliance,
         "attribution": attribution,
@@ -235,7 +256,7 @@ def run_synthetic(cfg: DemoConfig, out: Path, log: Callable[[str], None] = print
             result,
             images=x.numpy(),
             maps=maps,
-            records=[test.records[i] for i in chosen],
+            records=records,
             nap=nap,
             marker_region=marker_region,
         )
@@ -245,9 +266,3 @@ def run_synthetic(cfg: DemoConfig, out: Path, log: Callable[[str], None] = print
     atomic_write_text(report, synthetic_markdown(result, files))
     result["report"] = str(report)
     return result
-
-
-def _config_dict(cfg: DemoConfig) -> dict[str, Any]:
-    import attrs
-
-    return attrs.asdict(cfg)
