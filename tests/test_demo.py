@@ -137,3 +137,30 @@ def test_demo_on_real_data(shared_data, tmp_path):
     assert "lung" in report and "border" in report
     for name in ("nap_input_labels.png", "nap_input_sources.png", "attribution.png"):
         assert (tmp_path / "real" / name).stat().st_size > 0
+
+
+def test_checks_and_report_sentences_follow_the_numbers():
+    from xraylens.demo.report import _depth_sentence, _reliance_sentence, checks
+
+    def result(ratios, marker_ratios):
+        return {
+            "attribution": {f"m{i}": {"lesion_ratio": r} for i, r in enumerate(ratios)},
+            "profile": {
+                layer: {"marker": {"ratio": r}}
+                for layer, r in zip(("input", "maxpool"), marker_ratios)
+            },
+        }
+
+    assert checks(result([3.0, 1.0], [10.0, 5.0])) == {"lesions": True, "shortcut": True}
+    assert checks(result([3.0, 1.0, float("nan")], [10.0, 1.5])) == {
+        "lesions": False,
+        "shortcut": False,
+    }
+    used = {"without_marker": 0.05, "with_marker": 0.7, "flipped": 0.8}
+    unused = {"without_marker": 0.01, "with_marker": 0.02, "flipped": 0.0}
+    assert _reliance_sentence(used, unused).startswith("**yes**")
+    assert _reliance_sentence(unused, unused).startswith("**no**")
+    text = _depth_sentence(
+        {"input": {"marker": {"ratio": 9.0}}, "layer4": {"marker": {"ratio": 1.0}}}
+    )
+    assert "`input`" in text and "fades in `layer4`" in text
