@@ -31,6 +31,7 @@ ENTRY_POINT_GROUP = "xraylens"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "xraylens.models.backbones",
     "xraylens.attr.occlusion",
+    "xraylens.attr.plugin",
     "xraylens.profile.nap",
 )
 
