@@ -246,7 +246,8 @@ def main() -> None:
     for key, value in speed.items():
         print(
             f"{key}: throughput ratio {value['throughput_ratio']:.3f} (fastest passes), "
-            f"{value['throughput_ratio_median']:.3f} (medians)"
+            f"{value['throughput_ratio_median']:.3f} (medians), "
+            f"{value['throughput_ratio_cpu_time']:.3f} (CPU time)"
         )
     print(f"peak RSS 10x/1x {report['peak_rss_ratio_10x_over_1x']:.3f}; wrote {args.out}")
 

@@ -239,6 +239,9 @@ def test_default_layers_and_profile_loop():
     res = prof.profile(clf, batches)
     assert res.layers == ("input", "pool", "relu2") and res.model == "tiny"
     assert res.n_images == 12 and res.counts == {"a": 4, "b": 4, "c": 4}
+    triples = [(x, m.float(), None) for x, m in batches]  # e.g. (images, targets, records)
+    again = NAPProfiler(groups=GROUPS).profile(clf, triples, membership=lambda b: b[1])
+    assert again == res
     # memory is fixed by the first batch: more images do not grow the state
     size = prof.state_bytes
     expected = 8 * 3 * (1 * 16 * 16 + 4 * 8 * 8 + 6 * 8 * 8) + 8 * 2 * (1 + 4 + 6) + 8 * 3

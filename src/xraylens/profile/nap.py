@@ -11,7 +11,7 @@ group included.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -235,19 +235,28 @@ class NAPProfiler(Profiler):
     def profile(
         self,
         clf: Classifier,
-        batches: Iterable[tuple[torch.Tensor, Any]],
+        batches: Iterable[Any],
         *,
+        membership: Callable[[Any], Any] | None = None,
         total: int | None = None,
     ) -> NAPResult:
-        """Feed ``(x, membership)`` pairs (e.g. a DataLoader) to :meth:`update`; the result."""
+        """Feed every batch to :meth:`update` and return the result.
+
+        ``batches``: ``(x, membership)`` pairs, or, with ``membership`` given, any batches (e.g.
+        a DataLoader's ``(x, targets, records)``): ``x = batch[0]`` and the membership is
+        ``membership(batch)``, e.g.
+        ``lambda b: membership_from_targets(b[1], clf.labels, prof.groups)``.
+        """
         from tqdm.auto import tqdm
 
         if total is None and hasattr(batches, "__len__"):
             total = len(batches)
-        for x, membership in tqdm(
-            batches, total=total, desc="NAP", disable=not self.progress, leave=False
-        ):
-            self.update(clf, x, membership)
+        for batch in tqdm(batches, total=total, desc="NAP", disable=not self.progress, leave=False):
+            if membership is None:
+                x, m = batch
+            else:
+                x, m = batch[0], membership(batch)
+            self.update(clf, x, m)
         return self.result()
 
     @property
