@@ -4,24 +4,21 @@
   symmetric colour scale per layer (as Fig. 6 of the paper).
 - :func:`plot_input_nap`: the input layer: per group the mean image and its NAP.
 - :func:`plot_inactive_fraction`: share of inactive / all-zero feature maps per layer.
-- :func:`save_figure`: write a figure as PNG atomically.
+- :func:`save_figure` (from :mod:`xraylens.viz.figure`): write a figure atomically.
 
 Every function returns a :class:`matplotlib.figure.Figure`.
 """
 
 from __future__ import annotations
 
-import io
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from xraylens.core.atomic import atomic_write_bytes
 from xraylens.errors import InputError
 from xraylens.profile.result import NAPResult
+from xraylens.viz.figure import save_figure
 
 DIVERGING = "RdBu_r"  # red: the group is above the mean over groups, blue: below
 
@@ -174,13 +171,6 @@ def plot_inactive_fraction(result: NAPResult) -> Figure:
     ax.legend(fontsize=8)
     ax.set_title(f"Inactive feature maps ({result.model or 'model'}, {result.n_images} images)")
     return fig
-
-
-def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> Path:
-    """Write ``fig`` as PNG to ``path`` atomically; returns the path."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return atomic_write_bytes(Path(path), buf.getvalue())
 
 
 __all__ = [
