@@ -104,11 +104,29 @@ def test_cpu_probe_scales_with_input_and_grad():
     net = _net()
     x = torch.rand(1, 1, 8, 8)
     no_grad, how = memory.probe_item_bytes(net, x, grad=False)
-    grad, _ = memory.probe_item_bytes(net, x, grad=True)
-    assert how.startswith("cpu activations")
+    grad, how_grad = memory.probe_item_bytes(net, x, grad=True)
+    assert how.startswith("cpu activations") and how_grad.startswith("cpu saved tensors")
     assert 0 < no_grad < grad
     acts = activation_bytes(net, x)
-    assert grad == int(acts * memory.CPU_FACTOR_GRAD) + 3 * x.numel() * 4
+    assert no_grad == int(acts * memory.CPU_FACTOR_NO_GRAD) + 2 * 256
+    # saved per item: the conv's input (256 B) and the ReLU output (2048 B; Flatten and Linear
+    # reuse its storage); largest activation 2048 B; plus input, copy and gradient (3 x 256 B)
+    expected = int((256 + 2048 + memory.GRAD_TRANSIENTS * 2048) * memory.CPU_MARGIN_GRAD)
+    assert grad == expected + 3 * 256
+    conv = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU())
+    small = memory.probe_item_bytes(conv, torch.rand(1, 1, 8, 8), grad=True)[0]
+    assert memory.probe_item_bytes(conv, torch.rand(1, 1, 16, 16), grad=True)[0] > 3 * small
+
+
+def test_saved_bytes_fake_equals_real_and_grad_fallback():
+    net = _net()
+    x = torch.rand(2, 1, 8, 8)
+    real = memory.saved_bytes(net, x)
+    weights = (8 * 9 + 512 * 3) * 4  # conv and linear weights are saved too
+    assert real == 2 * (256 + 2048) + weights
+    bytes_, how = memory.probe_item_bytes(DataDependent(), torch.rand(1, 4), grad=True)
+    assert how == f"cpu activations x {memory.CPU_FACTOR_GRAD}"
+    assert bytes_ == int(2 * 4 * memory.CPU_FACTOR_GRAD) + 3 * 16
 
 
 def test_plan_uses_probe_budget_and_logs(caplog):

@@ -5,12 +5,16 @@ The engine sizes chunks from a probe of one item (one input of batch size 1):
 - CUDA: the peak of ``torch.cuda.max_memory_allocated`` around a real 1-item forward (and
   backward for gradient work), above what was allocated before. Exact for this model and input
   size, conservative (it includes the fixed overhead, e.g. cuDNN workspaces).
-- CPU: the bytes of every leaf module's output for one forward (forward hooks), times a factor
-  calibrated against peak RSS (``benchmarks/calibrate_cpu_probe.py``, measured on the five
-  backbones at 512 px: see the table there). Backward keeps roughly every activation alive;
-  a no-grad forward frees them as it goes, so its factor is much smaller. A fixed overhead of
-  one copy of the parameters per chunk (oneDNN weight reorders) is added on CPU.
+- CPU, gradient work: the bytes autograd saves for the backward pass of one item (saved-tensor
+  hooks, on fake tensors: shapes only, no arithmetic; the slope between 1 and 2 items, so
+  saved weights do not count per item), plus the transient gradient buffers of the backward
+  pass (``GRAD_TRANSIENTS`` x the largest activation), times a safety margin.
+- CPU, no-grad work: the bytes of every leaf module's output (forward hooks on a real 1-item
+  forward) times a factor; a no-grad forward frees activations as it goes, so it is small.
+- CPU, fixed: one copy of the parameters per chunk (oneDNN reorders weights).
 
+The constants are calibrated against peak RSS by ``benchmarks/calibrate_cpu_probe.py`` on the
+five backbones at 512 px (results in ``benchmarks/results/calibrate_cpu_probe.json``).
 Peak RSS helpers (``reset_peak_rss``, ``peak_rss``) read ``/proc/self/status`` (Linux).
 """
 
@@ -23,10 +27,12 @@ from torch import nn
 
 from xraylens.core.classifier import eval_mode
 
-#: peak working memory / leaf-output bytes, worst case over the five backbones at 512 px on CPU
-#: (benchmarks/results/calibrate_cpu_probe.json), rounded up. Backward (input gradients) and a
-#: no-grad forward (inference_mode).
+#: CPU backward: per-item memory = (saved bytes + GRAD_TRANSIENTS x largest activation) x margin
+GRAD_TRANSIENTS = 3
+CPU_MARGIN_GRAD = 1.15
+#: CPU backward fallback where fake tensors fail: leaf-output bytes x this factor
 CPU_FACTOR_GRAD = 1.6
+#: CPU no-grad forward (inference_mode): leaf-output bytes x this factor
 CPU_FACTOR_NO_GRAD = 0.35
 
 
@@ -35,32 +41,44 @@ def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def activation_bytes(module: nn.Module, example: torch.Tensor, *, fake: bool = True) -> int:
-    """Bytes of every leaf module's output for one no-grad forward pass of ``example``.
-
-    With ``fake`` (default) the forward runs on fake tensors (shapes only, no arithmetic, no
-    memory), falling back to a real forward where the model does something fake tensors
-    cannot. The module runs in eval mode; its own flags are restored.
-    """
+def _on_fake(fn: Callable[[torch.Tensor], object], example: torch.Tensor, fake: bool):
+    """``fn(example)`` on a fake copy of ``example`` (no arithmetic, no memory); on real
+    tensors where the model does something fake tensors cannot, or when ``fake`` is False."""
     if fake:
         try:
             from torch._subclasses.fake_tensor import FakeTensorMode
 
             with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-                return _leaf_output_bytes(module, mode.from_tensor(example))
-        except Exception:  # an op without a fake kernel: measure on real tensors instead
+                return fn(mode.from_tensor(example))
+        except Exception:  # an op without a fake kernel, data-dependent control flow, ...
             pass
-    return _leaf_output_bytes(module, example)
+    return fn(example)
 
 
-def _leaf_output_bytes(module: nn.Module, example: torch.Tensor) -> int:
-    total = 0
+def activation_bytes(module: nn.Module, example: torch.Tensor, *, fake: bool = False) -> int:
+    """Bytes of every leaf module's output for one no-grad forward pass of ``example``.
+
+    With ``fake`` the forward runs on fake tensors (no arithmetic; the first use in a process
+    costs seconds of set-up), falling back to a real forward where it cannot. The module runs
+    in eval mode; its own flags are restored.
+    """
+    return _on_fake(lambda ex: _leaf_outputs(module, ex)[0], example, fake)
+
+
+def largest_activation_bytes(module: nn.Module, example: torch.Tensor) -> int:
+    """Bytes of the largest leaf module output for one forward pass of ``example``."""
+    return _on_fake(lambda ex: _leaf_outputs(module, ex)[1], example, True)
+
+
+def _leaf_outputs(module: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    total, largest = 0, 0
 
     def hook(_m, _inp, out):
-        nonlocal total
+        nonlocal total, largest
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
                 total += tensor_bytes(t)
+                largest = max(largest, tensor_bytes(t))
 
     leaves = [m for m in module.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
@@ -70,7 +88,40 @@ def _leaf_output_bytes(module: nn.Module, example: torch.Tensor) -> int:
     finally:
         for h in handles:
             h.remove()
-    return total
+    return total, largest
+
+
+def saved_bytes(module: nn.Module, example: torch.Tensor) -> int:
+    """Bytes of the distinct tensors autograd saves for backward in a forward of ``example``
+    (saved-tensor hooks; run it on fake tensors to spend no memory). Weights saved by
+    layers count too: take the difference between two batch sizes for a per-item figure."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        seen.setdefault(storage._cdata, storage.nbytes())
+        return t
+
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with eval_mode(module), torch.enable_grad(), hooks:
+        module(example.detach().clone().requires_grad_(True))
+    return sum(seen.values())
+
+
+def cpu_grad_item_bytes(module: nn.Module, example: torch.Tensor) -> tuple[int, str]:
+    """Backward working memory of one item on the CPU, and how it was estimated."""
+    try:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            one = mode.from_tensor(example[:1])
+            slope = saved_bytes(module, torch.cat([one, one])) - saved_bytes(module, one)
+            largest = _leaf_outputs(module, one)[1]
+    except Exception:  # fake tensors cannot run this model: leaf outputs x calibrated factor
+        acts = activation_bytes(module, example, fake=False)
+        return int(acts * CPU_FACTOR_GRAD), f"cpu activations x {CPU_FACTOR_GRAD}"
+    per_item = int((slope + GRAD_TRANSIENTS * largest) * CPU_MARGIN_GRAD)
+    return per_item, f"cpu saved tensors x {CPU_MARGIN_GRAD}"
 
 
 def _scalar_output(out) -> torch.Tensor:
@@ -116,7 +167,10 @@ def probe_item_bytes(module: nn.Module, example: torch.Tensor, *, grad: bool) ->
     if example.device.type == "cuda":
         peak = cuda_peak_bytes(lambda: run_item(module, example, grad=grad), example.device)
         return peak + inputs, "cuda peak"
-    factor = CPU_FACTOR_GRAD if grad else CPU_FACTOR_NO_GRAD
+    if grad:
+        per_item, how = cpu_grad_item_bytes(module, example)
+        return per_item + inputs, how
+    factor = CPU_FACTOR_NO_GRAD
     return int(activation_bytes(module, example) * factor) + inputs, f"cpu activations x {factor}"
 
 
