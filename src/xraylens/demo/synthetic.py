@@ -159,6 +159,7 @@ def train_logged(clf, x, y, cfg: DemoConfig, log: Callable[[str], None]):
         lr=cfg.lr,
         seed=cfg.seed,
         time_limit=cfg.time_limit,
+        progress=None,
     )
     if fit.stopped_early:
         log(

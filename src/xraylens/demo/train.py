@@ -40,7 +40,7 @@ def train_classifier(
     seed: int = 0,
     time_limit: float | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> TrainResult:
     """Train ``clf.module`` in place with BCE-with-logits, AdamW and a one-cycle schedule.
 
@@ -48,6 +48,7 @@ def train_classifier(
         x: images [N, C, H, W] in [0, 1]; y: 0/1 targets [N, L] (L = ``clf.num_classes``).
         steps: optimiser steps (the schedule's length); ``time_limit`` seconds stop it earlier.
         augment: optional ``augment(batch, generator) -> batch``.
+        progress: a tqdm bar (None: only when stderr is a terminal).
     Leaves the module in eval mode.
     """
     from tqdm.auto import tqdm
@@ -77,7 +78,13 @@ def train_classifier(
     order = torch.randperm(x.shape[0], generator=gen)
     cursor = 0
     clf.module.train()
-    bar = tqdm(total=steps, desc="train", unit="step", disable=not progress, leave=False)
+    bar = tqdm(
+        total=steps,
+        desc="train",
+        unit="step",
+        disable=None if progress is None else not progress,
+        leave=False,
+    )
     try:
         for _ in range(steps):
             if cursor + batch_size > x.shape[0]:
