@@ -358,6 +358,32 @@ def test_demo_usage_errors(extra, message, tmp_path, capsys):
     assert code == 2 and message in err and not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize(
+    ("checks", "cut", "code"),
+    [
+        ({"lesions": True, "shortcut": True}, False, 0),
+        ({"lesions": False, "shortcut": True}, False, 1),
+        ({"lesions": False, "shortcut": True}, True, 0),  # under-trained: a warning, not a fail
+    ],
+)
+def test_demo_exit_status_follows_the_checks(checks, cut, code, monkeypatch, tmp_path, capsys):
+    import xraylens.demo as demo
+
+    seen = {}
+
+    def fake_run_demo(out, *, data, config, log):
+        seen["config"] = config
+        report = out / "report.md"
+        return {"checks": checks, "train": {"stopped_early": cut, "steps": 3}, "report": report}
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    got, out, err = _run(["demo", "--out", tmp_path, "--quick", "--seed", 3, "--steps", 7], capsys)
+    assert got == code
+    assert seen["config"] == attrs.evolve(demo.PRESETS["quick"], seed=3, steps=7)
+    assert ("FAILED" in out) == (not all(checks.values()))
+    assert ("under-trained" in err) == (cut and not all(checks.values()))
+
+
 # --------------------------------------------------------------------------- console script
 def _console_script() -> str:
     script = Path(sys.executable).with_name("xraylens")

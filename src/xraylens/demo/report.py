@@ -185,6 +185,20 @@ def timings_table(timings: dict[str, dict[str, float]]) -> str:
     return _table(["phase", "wall-clock s", "CPU s"], rows) + note
 
 
+def _cut_warning(result: dict[str, Any]) -> list[str]:
+    """A warning line when the time limit stopped training early."""
+    train, cfg = result["train"], result["config"]
+    if not train["stopped_early"]:
+        return []
+    return [
+        f"**Training was stopped by the time limit ({cfg['time_limit']:g} s) after "
+        f"{train['steps']} of {cfg['steps']} steps** (a busy or slow machine): the model is "
+        "under-trained and the numbers below describe it, not the methods. Rerun with "
+        "`--time-limit 0` for the deterministic result.",
+        "",
+    ]
+
+
 def _reliance_sentence(nf: dict[str, float], bp: dict[str, float]) -> str:
     """Counterfactual: the same phantoms without and with the marker."""
     shift = max(nf["with_marker"] - nf["without_marker"], bp["with_marker"] - bp["without_marker"])
@@ -235,6 +249,7 @@ def synthetic_markdown(result: dict[str, Any], files: dict[str, str]) -> str:
         "",
         "## Summary",
         "",
+        *_cut_warning(result),
         f"- (a) Attribution on the lesions: **{'yes' if ok['lesions'] else 'no'}** (at least half "
         f"of the methods put {CONCENTRATION_RATIO:g}x or more of chance in the lesion masks).",
         f"- (b) NAPs expose the shortcut: **{'yes' if ok['shortcut'] else 'no'}** (the COVID-19 "

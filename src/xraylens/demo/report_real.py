@@ -11,7 +11,15 @@ import numpy as np
 
 from xraylens import viz
 from xraylens.core.atomic import atomic_write_text
-from xraylens.demo.report import _fmt, _json, _table, energy_figure, loss_figure, timings_table
+from xraylens.demo.report import (
+    _cut_warning,
+    _fmt,
+    _json,
+    _table,
+    energy_figure,
+    loss_figure,
+    timings_table,
+)
 
 
 def write_real_figures(
@@ -71,6 +79,7 @@ def real_markdown(result: dict[str, Any], files: dict[str, str]) -> str:
         "",
         "## Training and test",
         "",
+        *_cut_warning(result),
         f"{result['train']['steps']} steps in {result['train']['seconds']:.1f} s"
         + (" (stopped by the time limit)" if result["train"]["stopped_early"] else "")
         + f"; final loss {_fmt(result['train']['final_loss'], 4)}.",
