@@ -175,46 +175,28 @@ class PairAttributor(Attributor):
         return values, (delta if self.has_delta else None)
 
     def _plan(self, ctx: Context, output: str) -> int:
-        """Rows per pass from the engine. The probe of one row depends only on the model's
-        architecture and the input's shape, so it is remembered per classifier module."""
+        """Rows per pass: the engine's ``chunk_size`` for a per-row cost of the probed forward +
+        backward (times ``item_scale``) plus the row's maps of every round. The probe depends
+        only on the architecture and the input shape, so it is remembered per classifier."""
         eng, x, model = self.engine, ctx.x, ctx.prep.model
-        fixed = x[:1].numel() * x.element_size() * (ctx.plan.n_slots + 2)
         what = f"{self.name} rows"
+        if eng.chunk is not None:
+            return max(1, min(ctx.n_rows, eng.chunk))
         known = _PROBES.setdefault(ctx.clf.module, {})
-        key = (
-            tuple(x.shape[1:]),
-            x.dtype,
-            x.device,
-            output,
-            self.pipeline,
-            self.item_scale,
-            sum(1 for _ in ctx.clf.module.modules()),
-        )
-        if eng.chunk is not None or key not in known:
-            chunk = eng.plan(
-                ctx.n_rows,
-                module=model,
-                example=x[:1],
-                grad=True,
-                what=what,
-                item_scale=self.item_scale,
-                fixed_bytes=fixed,
-            )
-            if eng.chunk is None and eng.last_plan is not None:
-                known[key] = eng.last_plan.item_bytes
-            return chunk
-        fixed += fixed_bytes(model, x.device)
-        chunk = eng.chunk_size(ctx.n_rows, known[key], x.device, fixed)
-        eng.last_plan = ChunkPlan(
-            what,
-            ctx.n_rows,
-            chunk,
-            known[key],
-            eng.budget_bytes(x.device) - fixed,
-            "remembered probe",
-            x.device,
-        )
-        log.info("%s: %d items, %d per pass (remembered probe)", what, ctx.n_rows, chunk)
+        key = (tuple(x.shape[1:]), x.dtype, x.device, output, self.pipeline,
+               sum(1 for _ in ctx.clf.module.modules()))  # fmt: skip
+        how = "remembered probe"
+        if key not in known:
+            known[key] = eng.item_bytes(model, x[:1], grad=True)
+            how = "probe"
+        image_bytes = x[:1].numel() * x.element_size()
+        per_row = int(known[key] * self.item_scale) + image_bytes * (ctx.plan.n_slots + 2)
+        fixed = fixed_bytes(model, x.device)
+        chunk = eng.chunk_size(ctx.n_rows, per_row, x.device, fixed)
+        budget = eng.budget_bytes(x.device) - fixed
+        eng.last_plan = ChunkPlan(what, ctx.n_rows, chunk, per_row, budget, how, x.device)
+        log.info("%s: %d items, %d per pass on %s (%s; about %d bytes each, budget %d)",
+                 what, ctx.n_rows, chunk, x.device, how, per_row, budget)  # fmt: skip
         return chunk
 
     def _run_chunk(self, ctx: Context, start: int, stop: int):
