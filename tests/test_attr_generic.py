@@ -189,3 +189,18 @@ def test_cuda_engine_leaves_a_cpu_model_on_the_cpu():
     with assert_untouched(clf.module):
         res = xl.get_attributor("deeplift", device="cuda").attribute(clf, x, [0, 1])
     torch.testing.assert_close(res.values, ref.values, rtol=1e-3, atol=1e-5)
+
+
+def test_result_round_trips_with_its_parameters(tmp_path):
+    clf = small_classifier(dtype=torch.float64)
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    baseline = torch.full((1, 8, 8), 0.5, dtype=torch.float64)
+    res = xl.get_attributor("integrated_gradients", n_steps=4, baseline=baseline).attribute(
+        clf, x, [["l1"], ["l0", "l3"]]
+    )
+    back = xl.Attribution.load(res.save(tmp_path / "ig.npz"))
+    assert back.method == "integrated_gradients" and back.labels == res.labels
+    torch.testing.assert_close(back.values, res.values)
+    torch.testing.assert_close(back.delta, res.delta)
+    torch.testing.assert_close(back.params["baseline"], baseline)
+    assert back.params["n_steps"] == 4 and back.mask.tolist() == res.mask.tolist()
