@@ -204,3 +204,25 @@ def test_result_round_trips_with_its_parameters(tmp_path):
     torch.testing.assert_close(back.delta, res.delta)
     torch.testing.assert_close(back.params["baseline"], baseline)
     assert back.params["n_steps"] == 4 and back.mask.tolist() == res.mask.tolist()
+
+
+def test_patched_forward_runs_on_the_copy():
+    """A model whose forward was patched on the instance (a bound method in its __dict__)."""
+    import types
+
+    clf = small_classifier(dtype=torch.float64)
+    net = clf.module
+
+    def forward(self, x):  # the same function, written out
+        x = self.pool(self.relu2(self.conv2(self.relu1(self.conv1(x)))))
+        return self.fc(torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1))
+
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    expected = xl.get_attributor("deeplift").attribute(clf, x, [0, 1])
+    net.forward = types.MethodType(forward, net)
+    try:
+        with assert_untouched(net):
+            got = xl.get_attributor("deeplift").attribute(clf, x, [0, 1])
+    finally:
+        del net.forward
+    torch.testing.assert_close(got.values, expected.values)

@@ -15,6 +15,7 @@ to them (surgery builds new tensors; tests check the caller's values afterwards)
 from __future__ import annotations
 
 import copy
+import types
 
 import attrs
 import torch
@@ -57,6 +58,9 @@ def copy_module(module: nn.Module) -> nn.Module:
     return _copy(module, {})
 
 
+_STATE_DICTS = ("_parameters", "_buffers", "_modules")
+
+
 def _copy(module: nn.Module, memo: dict[int, object]):
     if id(module) in memo:
         return memo[id(module)]
@@ -72,11 +76,10 @@ def _copy(module: nn.Module, memo: dict[int, object]):
     memo[id(module)] = new
     state = {}
     for key, value in module.__dict__.items():
-        if isinstance(value, (dict, list, set)) and key not in (
-            "_parameters",
-            "_buffers",
-            "_modules",
-        ):
+        if isinstance(value, types.MethodType) and isinstance(value.__self__, nn.Module):
+            # e.g. a patched ``forward``: bind it to the copy, as copy.deepcopy does
+            value = types.MethodType(value.__func__, _copy(value.__self__, memo))
+        elif isinstance(value, (dict, list, set)) and key not in _STATE_DICTS:
             value = copy.copy(value)
         state[key] = value
     state["_parameters"] = {k: _param(p, memo) for k, p in module._parameters.items()}
