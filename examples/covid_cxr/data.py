@@ -207,6 +207,21 @@ def write_json(path: Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=1, default=_default) + "\n")
 
 
+def update_json(path: Path, data: Any) -> bool:
+    """Write ``data`` unless ``path`` already holds it (reruns leave finished files untouched);
+    returns whether it wrote."""
+    if path.is_file():
+        try:
+            if json.loads(path.read_text(encoding="utf-8")) == json.loads(
+                json.dumps(data, default=_default)
+            ):
+                return False
+        except ValueError:
+            pass
+    write_json(path, data)
+    return True
+
+
 def read_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as fh:

@@ -1,8 +1,8 @@
 """Step ``explain``: every method x model x test image x label, saved and drawn.
 
-For each fold of ``explain_folds``, a class-balanced sample of ``explain_images`` test images
-(every test image when None) is explained by every backbone with every method of the profile.
-Each model explains, per image, the labels that are **true or predicted** by that model
+For each fold of ``explain_folds``, a sample of ``explain_images`` test images balanced over
+the NAP groups (every test image when None) is explained by every backbone with every method of
+the profile. Each model explains, per image, the labels that are **true or predicted** by that model
 (probability above the threshold), as per-image targets; the explained output is the sigmoid
 probability (``explain_output="probs"``, as the paper) or the logit.
 
@@ -26,13 +26,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import xraylens as xl
 from examples.covid_cxr.context import Run
-from examples.covid_cxr.data import balanced_sample, read_json, write_json
+from examples.covid_cxr.data import read_json, update_json
 from examples.covid_cxr.inference import load_model
 from examples.covid_cxr.prepare import Prepared, load_prepared
+from examples.covid_cxr.profile import exclusive_membership
 from xraylens.errors import InputError
 
 
@@ -119,9 +121,7 @@ def explain_image(
             _draw(x[0], res, png)
             written += 2
             run.work_done("explain")
-    target_file = folder / "targets.json"
-    if run.force or not target_file.is_file() or read_json(target_file) != info:
-        write_json(target_file, info)  # unchanged on a rerun: finished images stay untouched
+    update_json(folder / "targets.json", info)  # a rerun leaves finished images untouched
     explained = []
     for backbone in models:
         explained += [t for t in info["models"][backbone]["targets"] if t not in explained]
@@ -141,16 +141,27 @@ def explain_image(
 
 
 def chosen_images(run: Run, prep: Prepared, fold: int) -> list[int]:
-    """Store positions of the test images to explain (a class-balanced sample, or all)."""
+    """Store positions of the test images to explain: every one, or a seeded sample balanced
+    over the NAP groups (COVID-19, other pneumonia, No Finding; images in none come last)."""
     test = prep.part(fold, "test")
     n = run.profile.explain_images
     if n is None or n >= len(test):
         return test
-    records = [
-        {"labels": [prep.labels[i] for i in torch.nonzero(prep.store.targets[t]).flatten()]}
-        for t in test
+    groups = run.profile.nap_groups
+    member = exclusive_membership(prep.store.targets[test], prep.labels, groups)
+    rng = np.random.default_rng(run.profile.seed + fold)
+    queues = [
+        list(rng.permutation(torch.nonzero(member[:, g]).flatten().tolist()))
+        for g in range(len(groups))
     ]
-    return [test[i] for i in balanced_sample(records, n, run.profile.seed + fold)]
+    rest = list(rng.permutation(torch.nonzero(~member.any(dim=1)).flatten().tolist()))
+    chosen: list[int] = []
+    while len(chosen) < n and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < n:
+                chosen.append(int(queue.pop(0)))
+    chosen += [int(i) for i in rest[: n - len(chosen)]]
+    return [test[i] for i in sorted(chosen)]
 
 
 def explain(run: Run) -> dict[str, Any]:
@@ -188,7 +199,7 @@ def explain(run: Run) -> dict[str, Any]:
                 entry["figures"] = sorted(f.name for f in (root / key).glob("figure_*.png"))
                 entries.append(entry)
             index[f"fold{fold}"] = entries
-            write_json(
+            update_json(
                 root / "index.json",
                 {
                     "methods": list(attributors),

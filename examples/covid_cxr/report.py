@@ -162,14 +162,17 @@ def _section_training(run: Run) -> list[str]:
 
 def _section_results(run: Run) -> list[str]:
     models = (_load(run.out / "metrics" / "models.json") or {}).get("models", {})
-    models.update((_load(run.out / "metrics" / "ensemble.json") or {}).get("models", {}))
+    single = len(run.profile.backbones) == 1
+    if not single:  # with one backbone the ensembles are that model: no rows of their own
+        models.update((_load(run.out / "metrics" / "ensemble.json") or {}).get("models", {}))
     if not models:
         return []
     lines = [
         "## Results on the test splits",
         "",
         f"Threshold {run.profile.threshold} on the sigmoid output; mean ± std over "
-        f"{run.profile.folds} fold(s). Per fold: [metrics/](metrics/).",
+        f"{run.profile.folds} fold(s). Per fold: [metrics/](metrics/)."
+        + (" One backbone: the ensembles equal it." if single else ""),
         "",
     ]
     header = ["model", "micro P", "micro R", "micro F1", "macro P", "macro R", "macro F1"]
