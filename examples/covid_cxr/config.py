@@ -105,7 +105,8 @@ class Profile:
         threshold: a label is predicted when its sigmoid probability exceeds threshold.
         methods: attributors; method_params: method -> keyword arguments (``"preset"`` allowed).
         explain_images: test images explained per fold (class-balanced sample; None: all).
-        explain_folds: folds whose test images are explained and profiled.
+        explain_folds: folds whose test images are explained (and whose NAPs the report shows;
+            ``profile`` covers every fold).
         explain_output: explain ``"probs"`` (sigmoid, the paper) or ``"logits"``.
         nap_groups: NAP groups (exclusive: COVID-19; other Pneumonia; No Finding).
     """

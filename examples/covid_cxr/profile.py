@@ -1,4 +1,5 @@
-"""Step ``profile``: Neuron Activation Profiles of every model on its fold's test images.
+"""Step ``profile``: Neuron Activation Profiles of every model (backbone x fold) on its fold's
+test images.
 
 Groups (the paper's): each test image joins the *first* group of ``nap_groups`` whose label it
 carries, so with ``("COVID-19", "Pneumonia", "No Finding")`` the groups are COVID-19, other
@@ -85,11 +86,11 @@ def save_plots(result: NAPResult, folder) -> list[str]:
 
 
 def profile(run: Run) -> dict[str, Any]:
-    """NAPs of every backbone on the test images of ``explain_folds`` (skips finished ones)."""
+    """NAPs of every backbone on every fold's test images (skips finished ones)."""
     t0 = time.perf_counter()
     prep = load_prepared(run)
     done: dict[str, Any] = {}
-    for fold in run.profile.explain_folds:
+    for fold in range(run.profile.folds):
         for backbone in run.profile.backbones:
             folder = run.nap_dir(backbone, fold)
             if (folder / "summary.json").is_file() and not run.force:

@@ -238,13 +238,16 @@ def _section_explain(run: Run) -> list[str]:
 
 
 def _section_naps(run: Run) -> list[str]:
-    lines = []
-    for fold in run.profile.explain_folds:
+    lines, others = [], []
+    for fold in range(run.profile.folds):
         for backbone in run.profile.backbones:
             s = _load(run.nap_dir(backbone, fold) / "summary.json")
             if not s:
                 continue
             rel = f"naps/{backbone}/fold{fold}"
+            if fold not in run.profile.explain_folds:  # shown inline: the explained folds
+                others.append(f"[{backbone} fold {fold}]({rel}/)")
+                continue
             lines += [
                 f"### {backbone}, fold {fold}",
                 "",
@@ -260,6 +263,8 @@ def _section_naps(run: Run) -> list[str]:
                 + ", ".join(f"[{p}]({rel}/{p})" for p in s["plots"] if p.startswith("nap_")),
                 "",
             ]
+    if others:
+        lines += ["Other folds: " + ", ".join(others), ""]
     return ["## Neuron Activation Profiles", ""] + lines if lines else []
 
 
