@@ -265,3 +265,27 @@ def test_format_bytes():
     assert memory.format_bytes(1500) == "1.50 kB"
     assert memory.format_bytes(12) == "12 B"
     assert memory.format_bytes(None) == "n/a"
+
+
+def test_gradient_methods_ignore_amp_with_a_warning_and_probe_in_full_precision(caplog):
+    """amp applies to no-grad perturbation methods only: a gradient method warns once, probes
+    and computes in full precision, and names the probe it used in its plan."""
+    import xraylens as xl
+
+    clf = xl.get_classifier("resnet18", num_classes=3, labels=("a", "b", "c"))
+    x = torch.rand(2, 1, 32, 32)
+    plain = xl.get_attributor("saliency").attribute(clf, x)
+    att = xl.get_attributor("saliency", amp="bf16")
+    with caplog.at_level(logging.WARNING, logger="xraylens.engine"):
+        first = att.attribute(clf, x)
+        att.attribute(clf, x)
+    warnings = [r for r in caplog.records if "amp='bf16' is ignored" in r.getMessage()]
+    assert len(warnings) == 1
+    torch.testing.assert_close(first.values, plain.values)
+    assert att.engine.last_plan.probe.startswith("cpu ")
+    assert att.engine.last_plan.probe.endswith(", remembered")
+    module = clf.forward_module()
+    example = x[:1]
+    assert att.engine.item_bytes(module, example, grad=True) == Engine().item_bytes(
+        module, example, grad=True
+    )

@@ -88,8 +88,9 @@ class Context:
 
 log = logging.getLogger("xraylens.engine")
 
-#: classifier module -> {(input shape, dtype, device, ...): probed bytes of one row}
-_PROBES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
+#: classifier module -> {(input shape, dtype, device, ...): (probed bytes of one row, how)}
+_Probes = dict[tuple, tuple[int, str]]
+_PROBES: weakref.WeakKeyDictionary[nn.Module, _Probes] = weakref.WeakKeyDictionary()
 
 
 def _rounds(plan: TargetPlan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +116,7 @@ class PairAttributor(Attributor):
     rules: ClassVar[str | None] = None
     has_delta: ClassVar[bool] = False
     item_scale: ClassVar[float] = 1.0
+    _amp_warned: bool = False  # set per instance on the first call with ``amp``
 
     # --- method hooks ---------------------------------------------------------------------
     def rows_per_unit(self, ctx: Context) -> int:
@@ -149,6 +151,10 @@ class PairAttributor(Attributor):
     def attribute_pairs(
         self, clf: Classifier, x: torch.Tensor, plan: TargetPlan, *, output: str
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.engine.amp is not None and not self._amp_warned:
+            self._amp_warned = True
+            log.warning("%s: amp=%r is ignored: gradient methods run in full precision",
+                        self.name, self.engine.amp)  # fmt: skip
         prep = prepare(clf, output, self.pipeline, self.engine)
         x = x.to(prep.device)
         gen = generator(getattr(self.config, "seed", None), x.device)
@@ -185,12 +191,13 @@ class PairAttributor(Attributor):
         known = _PROBES.setdefault(ctx.clf.module, {})
         key = (tuple(x.shape[1:]), x.dtype, x.device, output, self.pipeline,
                sum(1 for _ in ctx.clf.module.modules()))  # fmt: skip
-        how = "remembered probe"
-        if key not in known:
-            known[key] = eng.item_bytes(model, x[:1], grad=True)
-            how = "probe"
+        remembered = key in known
+        if not remembered:
+            known[key] = eng.probe(model, x[:1], grad=True)
+        probe_bytes, how = known[key]
+        how = f"{how}, remembered" if remembered else how
         image_bytes = x[:1].numel() * x.element_size()
-        per_row = int(known[key] * self.item_scale) + image_bytes * (ctx.plan.n_slots + 2)
+        per_row = int(probe_bytes * self.item_scale) + image_bytes * (ctx.plan.n_slots + 2)
         fixed = fixed_bytes(model, x.device)
         chunk = eng.chunk_size(ctx.n_rows, per_row, x.device, fixed)
         budget = eng.budget_bytes(x.device) - fixed

@@ -123,7 +123,8 @@ class ChunkPlan:
         what: the kind of item ("occlusion perturbations", "pairs", ...).
         n_items: items to process; chunk: items per pass (forward or forward+backward).
         item_bytes: estimated working memory of one item; budget: usable bytes per chunk.
-        probe: how ``item_bytes`` was obtained ("cuda peak", "cpu activations x 1.6", "fixed").
+        probe: how ``item_bytes`` was obtained (``"cuda peak"``, ``"cpu saved tensors ..."``,
+            ``"cpu activations x 0.35"``, ``"fixed"``; ``", remembered"`` when reused).
         device: where the work runs.
     """
 
@@ -198,10 +199,17 @@ class Engine:
             return max(1, n_items)
         return int(max(1, min(n_items, budget // bytes_per_item)))
 
+    def probe(self, module: nn.Module, example: torch.Tensor, *, grad: bool) -> tuple[int, str]:
+        """Working memory of one item and how it was measured (e.g. ``"cuda peak"``);
+        ``example`` is one input [1, ...]. Gradient work always runs in full precision (``amp``
+        applies to no-grad perturbation methods only), so only no-grad probes autocast."""
+        amp = contextlib.nullcontext() if grad else self.autocast(example.device)
+        with amp:
+            return probe_item_bytes(module, self.prepare_input(example), grad=grad)
+
     def item_bytes(self, module: nn.Module, example: torch.Tensor, *, grad: bool) -> int:
         """Probe the working memory of one item; ``example`` is one input [1, ...]."""
-        with self.autocast(example.device):
-            return probe_item_bytes(module, self.prepare_input(example), grad=grad)[0]
+        return self.probe(module, example, grad=grad)[0]
 
     def plan(
         self,
@@ -232,8 +240,7 @@ class Engine:
         if self.chunk is not None:
             per_item, how = 0, "fixed"
         else:
-            with self.autocast(device):
-                per_item, how = probe_item_bytes(module, self.prepare_input(example), grad=grad)
+            per_item, how = self.probe(module, example, grad=grad)
             per_item = int(per_item * item_scale)
             fixed_bytes += module_fixed_bytes(module, device)
         chunk = self.chunk_size(n_items, per_item, device, fixed_bytes)
