@@ -157,26 +157,22 @@ def list_steps() -> list[str]:
     return sorted(STEPS)
 
 
+#: Every non-linearity a distinct, non-inplace module, then the speed-ups.
+_STRUCTURAL = (
+    "unshare",
+    "no_inplace",
+    "split_reused",
+    "functional_to_modules",
+    "merge_batchnorm",
+    "fast_input_grad",
+)
+
 #: Named step sequences used by the attributors.
 PIPELINES: dict[str, tuple[str, ...]] = {
-    # DeepLIFT / DeepLiftShap: every non-linearity a distinct, non-inplace module.
-    "deeplift": (
-        "unshare",
-        "no_inplace",
-        "split_reused",
-        "functional_to_modules",
-        "merge_batchnorm",
-        "fast_input_grad",
-    ),
-    # Guided backprop, deconvolution, guided Grad-CAM: every ReLU a distinct module.
-    "guided": (
-        "unshare",
-        "no_inplace",
-        "split_reused",
-        "functional_to_modules",
-        "merge_batchnorm",
-        "fast_input_grad",
-    ),
+    # DeepLIFT / DeepLiftShap: rules hook every non-linearity module.
+    "deeplift": _STRUCTURAL,
+    # Guided backprop, deconvolution, guided Grad-CAM: rules hook every ReLU module.
+    "guided": _STRUCTURAL,
     # Plain gradients: only the speed-ups.
     "gradient": ("merge_batchnorm", "fast_input_grad"),
 }
