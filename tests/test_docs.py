@@ -216,3 +216,13 @@ def test_every_parameter_of_a_builtin_attributor_is_documented(name):
         if f"| `{f.name}` |" not in section and f"| `{f.name}` |" not in shared
     ]
     assert not missing, f"docs/methods.md, {name}: undocumented parameters {missing}"
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    """The README's Python block runs as written (in a scratch folder: it saves a file)."""
+    blocks = [code for lang, code in FENCE.findall(_text(REPO / "README.md")) if lang == "python"]
+    assert blocks, "README.md has no Python example"
+    monkeypatch.chdir(tmp_path)
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "maps.npz").stat().st_size > 0
