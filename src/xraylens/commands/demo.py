@@ -5,7 +5,7 @@ Without --data: synthetic chest X-ray phantoms with known lesion masks and a pla
 the CPU, test images are explained with several attribution methods, the test set is profiled
 with Neuron Activation Profiles, and a report (report.md + PNGs + results.json) measures (a)
 how much attribution lands in the lesions against chance and (b) how much of the COVID-19
-NAP's energy lies on the marker. About two minutes on two CPU cores.
+NAP's energy lies on the marker. Under a minute on two idle CPU cores (41 s measured).
 
 With --data DIR (the two datasets' layouts, e.g. ../shared/data): the same on real images,
 where attribution is measured inside the lung masks and the shortcut is the data source.
@@ -24,7 +24,7 @@ def add_parser(sub, parents=()) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         parents=list(parents),
-        help="the offline demo: train, explain, profile, report (about 2 minutes)",
+        help="the offline demo: train, explain, profile, report (under a minute on 2 CPU cores)",
         description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
