@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import mmap
 
 import pytest
 import torch
@@ -255,9 +256,12 @@ def test_peak_rss_helpers():
         pytest.skip("no /proc peak RSS on this system")
     assert memory.peak_rss() >= rss > 0
     before = memory.current_rss()
-    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written so the pages are resident
+    # 64 MiB of fresh anonymous pages, written so they are resident (a tensor could reuse heap
+    # memory the process already holds after earlier tests, and not grow the RSS)
+    block = mmap.mmap(-1, 64 * 2**20)
+    block.write(b"\x01" * len(block))
     assert memory.peak_rss() >= before + 60 * 2**20
-    del block
+    block.close()
 
 
 def test_format_bytes():
