@@ -74,6 +74,17 @@ def _net():
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(512, 3))
 
 
+def test_cpu_chunks_are_capped_for_cache_efficiency():
+    cpu = torch.device("cpu")
+    engine = Engine(max_memory=10**9, cpu_chunk_bytes="1kB")
+    assert engine.chunk_size(100, 100, cpu) == 10  # 1000 bytes worth, not the 10^9 budget
+    assert engine.chunk_size(100, 5000, cpu) == 1  # one item bigger than the cap: still one
+    assert Engine(max_memory=10**9, cpu_chunk_bytes=None).chunk_size(100, 100, cpu) == 100
+    assert engine.chunk_size(100, 100, torch.device("meta")) == 100  # only the CPU is capped
+    assert Engine(max_memory=500, cpu_chunk_bytes="1kB").chunk_size(100, 100, cpu) == 5
+    assert Engine().cpu_chunk_bytes == engine_mod.CPU_CHUNK_BYTES
+
+
 def test_activation_bytes_counts_leaf_outputs():
     x = torch.rand(1, 1, 8, 8)
     expected = (8 * 64 + 8 * 64 + 8 * 64 + 3) * 4  # conv, relu, flatten, linear outputs
