@@ -35,8 +35,6 @@ from xraylens.attr._rules import RuleHooks
 from xraylens.attr.noise_tunnel import Units, aggregate, generator, make_units
 from xraylens.core.attributor import Attributor
 from xraylens.core.classifier import Classifier
-from xraylens.core.engine import ChunkPlan
-from xraylens.core.memory import fixed_bytes
 from xraylens.core.targets import TargetPlan
 from xraylens.errors import InputError
 
@@ -94,13 +92,12 @@ _PROBES: weakref.WeakKeyDictionary[nn.Module, _Probes] = weakref.WeakKeyDictiona
 
 
 def _rounds(plan: TargetPlan) -> tuple[torch.Tensor, torch.Tensor]:
-    n, t = plan.n_images, plan.n_slots
-    label = torch.full((t, n), -1, dtype=torch.long)
-    pair = torch.full((t, n), -1, dtype=torch.long)
-    for i in range(n):
-        pairs = plan.pairs_of_image(i)
-        label[: len(pairs), i] = plan.label[pairs]
-        pair[: len(pairs), i] = pairs
+    """Label [T, N] and pair index [T, N] of each round and image (-1: none): round ``k`` of an
+    image is its ``k``-th slot (slots are filled in order)."""
+    label = torch.full((plan.n_slots, plan.n_images), -1, dtype=torch.long)
+    pair = torch.full_like(label, -1)
+    label[plan.slot, plan.image] = plan.label
+    pair[plan.slot, plan.image] = torch.arange(plan.n_pairs)
     return label, pair
 
 
@@ -181,30 +178,26 @@ class PairAttributor(Attributor):
         return values, (delta if self.has_delta else None)
 
     def _plan(self, ctx: Context, output: str) -> int:
-        """Rows per pass: the engine's ``chunk_size`` for a per-row cost of the probed forward +
-        backward (times ``item_scale``) plus the row's maps of every round. The probe depends
-        only on the architecture and the input shape, so it is remembered per classifier."""
+        """Rows per pass: the engine's plan for a per-row cost of the probed forward + backward
+        (times ``item_scale``) plus the row's maps of every round. The probe depends only on
+        the architecture and the input shape, so it is remembered per classifier."""
         eng, x, model = self.engine, ctx.x, ctx.prep.model
-        what = f"{self.name} rows"
-        if eng.chunk is not None:
-            return max(1, min(ctx.n_rows, eng.chunk))
-        known = _PROBES.setdefault(ctx.clf.module, {})
-        key = (tuple(x.shape[1:]), x.dtype, x.device, output, self.pipeline,
-               sum(1 for _ in ctx.clf.module.modules()))  # fmt: skip
-        remembered = key in known
-        if not remembered:
-            known[key] = eng.probe(model, x[:1], grad=True)
-        probe_bytes, how = known[key]
-        how = f"{how}, remembered" if remembered else how
+        probed = None
+        if eng.chunk is None:
+            known = _PROBES.setdefault(ctx.clf.module, {})
+            key = (tuple(x.shape[1:]), x.dtype, x.device, output, self.pipeline,
+                   sum(1 for _ in ctx.clf.module.modules()))  # fmt: skip
+            remembered = key in known
+            if not remembered:
+                known[key] = eng.probe(model, x[:1], grad=True)
+            probe_bytes, how = known[key]
+            probed = (probe_bytes, f"{how}, remembered" if remembered else how)
         image_bytes = x[:1].numel() * x.element_size()
-        per_row = int(probe_bytes * self.item_scale) + image_bytes * (ctx.plan.n_slots + 2)
-        fixed = fixed_bytes(model, x.device)
-        chunk = eng.chunk_size(ctx.n_rows, per_row, x.device, fixed)
-        budget = eng.budget_bytes(x.device) - fixed
-        eng.last_plan = ChunkPlan(what, ctx.n_rows, chunk, per_row, budget, how, x.device)
-        log.info("%s: %d items, %d per pass on %s (%s; about %d bytes each, budget %d)",
-                 what, ctx.n_rows, chunk, x.device, how, per_row, budget)  # fmt: skip
-        return chunk
+        return eng.plan(
+            ctx.n_rows, module=model, example=x[:1], grad=True, what=f"{self.name} rows",
+            item_scale=self.item_scale, extra_item_bytes=image_bytes * (ctx.plan.n_slots + 2),
+            probed=probed,
+        )  # fmt: skip
 
     def _run_chunk(self, ctx: Context, start: int, stop: int):
         rows = self.make_rows(ctx, start, stop)

@@ -234,6 +234,8 @@ class Engine:
         what: str = "items",
         fixed_bytes: int = 0,
         item_scale: float = 1.0,
+        extra_item_bytes: int = 0,
+        probed: tuple[int, str] | None = None,
     ) -> int:
         """Items per pass for ``n_items`` items, from a probe of one item, within the budget.
 
@@ -247,14 +249,18 @@ class Engine:
                 the module's parameters is added to it).
             item_scale: items that need more than one input's memory (e.g. 2 for a pair
                 that holds an input and a baseline) scale the probe by this.
+            extra_item_bytes: memory each item needs besides its pass through ``module``
+                (e.g. its output maps), added after scaling.
+            probed: ``(bytes, how)`` of a probe already made of ``module`` on ``example``
+                (callers that remember probes); None: probe now.
         Logs the choice on ``xraylens.engine`` and stores it in :attr:`last_plan`.
         """
         device = example.device
         if self.chunk is not None:
             per_item, how = 0, "fixed"
         else:
-            per_item, how = self.probe(module, example, grad=grad)
-            per_item = int(per_item * item_scale)
+            per_item, how = probed or self.probe(module, example, grad=grad)
+            per_item = int(per_item * item_scale) + extra_item_bytes
             fixed_bytes += module_fixed_bytes(module, device)
         chunk = self.chunk_size(n_items, per_item, device, fixed_bytes)
         budget = self.budget_bytes(device) - fixed_bytes

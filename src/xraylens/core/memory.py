@@ -65,11 +65,6 @@ def activation_bytes(module: nn.Module, example: torch.Tensor, *, fake: bool = F
     return _on_fake(lambda ex: _leaf_outputs(module, ex)[0], example, fake)
 
 
-def largest_activation_bytes(module: nn.Module, example: torch.Tensor) -> int:
-    """Bytes of the largest leaf module output for one forward pass of ``example``."""
-    return _on_fake(lambda ex: _leaf_outputs(module, ex)[1], example, True)
-
-
 def _leaf_outputs(module: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     total, largest = 0, 0
 
