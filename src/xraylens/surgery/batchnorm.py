@@ -15,10 +15,8 @@ import copy
 import torch
 from torch import nn
 
-from xraylens.surgery.modularize import _GRAPHS, _cache_key, _is_custom, _trace
+from xraylens.surgery.modularize import _cached, _is_custom, _trace
 from xraylens.surgery.steps import Step, register_step
-
-_BN_PAIRS: dict[tuple, tuple[tuple[str, str], ...]] = {}
 
 
 def _conv_bn_pairs(module: nn.Module) -> tuple[tuple[str, str], ...]:
@@ -37,9 +35,10 @@ def _conv_bn_pairs(module: nn.Module) -> tuple[tuple[str, str], ...]:
         any(type(m) is nn.Conv2d for m in kids) and any(type(m) is nn.BatchNorm2d for m in kids)
     ):
         return ()
-    key = None if module in _GRAPHS else _cache_key("merge_batchnorm", module)
-    if key is not None and key in _BN_PAIRS:
-        return _BN_PAIRS[key]
+    return _cached("merge_batchnorm", module, lambda: _traced_pairs(module))
+
+
+def _traced_pairs(module: nn.Module) -> tuple[tuple[str, str], ...]:
     try:
         graph = _trace(module)
     except Exception:  # not traceable: nothing merged here (only slower, never wrong)
@@ -58,8 +57,6 @@ def _conv_bn_pairs(module: nn.Module) -> tuple[tuple[str, str], ...]:
             and len(user.all_input_nodes) == 1
         ):
             pairs.append((node.target, user.target))
-    if key is not None:
-        _BN_PAIRS[key] = tuple(pairs)
     return tuple(pairs)
 
 
@@ -90,7 +87,7 @@ class MergeBatchNorm(Step):
         for module in list(model.modules()):
             for conv_name, bn_name in _conv_bn_pairs(module):
                 conv, bn = module._modules[conv_name], module._modules[bn_name]
-                if bn.training or conv.training or bn.running_var is None or conv.groups < 1:
+                if bn.training or conv.training or bn.running_var is None:
                     continue
                 self._set_child(module, conv_name, _merged_conv(conv, bn))
                 self._set_child(module, bn_name, nn.Identity())

@@ -157,7 +157,8 @@ def _contains_ruled(module: nn.Module) -> bool:
 #: Rewritten graphs of modules whose forward a step replaced (so that later steps compose).
 _GRAPHS: weakref.WeakKeyDictionary[nn.Module, fx.Graph] = weakref.WeakKeyDictionary()
 #: (step, class, configuration) -> rewrite, shared by modules of the same class and layout.
-_CACHE: dict[tuple, _Rewrite | None] = {}
+#: per-step results of tracing a module, by :func:`_cache_key` (see :func:`_cached`)
+_CACHE: dict[tuple, Any] = {}
 _CACHE_LIMIT = 4096
 
 Maker = Callable[[nn.Module], nn.Module]
@@ -176,6 +177,21 @@ def _simple(value) -> bool:
     if isinstance(value, tuple):
         return all(_simple(v) for v in value)
     return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _cached(step: str, module: nn.Module, build: Callable[[], Any]) -> Any:
+    """``build()``, remembered per step and module structure (:func:`_cache_key`; never for a
+    module whose graph was already rewritten); at most ``_CACHE_LIMIT`` entries. A ``build``
+    that raises caches nothing."""
+    key = None if module in _GRAPHS else _cache_key(step, module)
+    if key is not None and key in _CACHE:
+        return _CACHE[key]
+    value = build()
+    if key is not None:
+        if len(_CACHE) >= _CACHE_LIMIT:
+            _CACHE.clear()
+        _CACHE[key] = value
+    return value
 
 
 def _cache_key(step: str, module: nn.Module) -> tuple | None:
@@ -222,23 +238,15 @@ class _GraphRewrite(Step):
         for name, module in list(model.named_modules()):
             if not _is_custom(module) or not self._wants(module, _class_source(type(module))):
                 continue
-            key = None if module in _GRAPHS else _cache_key(self.name, module)
-            if key is not None and key in _CACHE:
-                rewrite = _CACHE[key]
-            else:
-                try:
-                    rewrite = self._build(module)
-                except _TraceError as exc:
-                    warnings.warn(
-                        f"surgery {self.name}: cannot trace {name or 'the model'} "
-                        f"({type(module).__name__}): {exc}; left unchanged",
-                        stacklevel=3,
-                    )
-                    continue
-                if key is not None:
-                    if len(_CACHE) >= _CACHE_LIMIT:
-                        _CACHE.clear()
-                    _CACHE[key] = rewrite
+            try:
+                rewrite = _cached(self.name, module, lambda m=module: self._build(m))
+            except _TraceError as exc:
+                warnings.warn(
+                    f"surgery {self.name}: cannot trace {name or 'the model'} "
+                    f"({type(module).__name__}): {exc}; left unchanged",
+                    stacklevel=3,
+                )
+                continue
             if rewrite is not None:
                 self._install(module, rewrite)
 
@@ -353,12 +361,9 @@ class FunctionalToModules(_GraphRewrite):
         new: list[tuple[str, Maker]] = []
         taken: set[str] = set()
         for node in list(graph.nodes):
-            if node.op == "call_function":
-                key = node.target
-            elif node.op == "call_method":
-                key = node.target  # "relu", "sigmoid", ... on a tensor
-            else:
+            if node.op not in ("call_function", "call_method"):
                 continue
+            key = node.target  # a function, or a tensor method name: "relu", "sigmoid", ...
             if key not in _ELEMENTWISE or not node.args:
                 continue
             kind, factory = _ELEMENTWISE[key]

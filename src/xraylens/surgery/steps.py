@@ -225,14 +225,6 @@ class Surgery:
         self.remove()
 
 
-def _children_with_names(model: nn.Module):
-    """(parent, name, child) for every registration, duplicates included."""
-    for parent in model.modules():
-        for name, child in parent._modules.items():
-            if child is not None:
-                yield parent, name, child
-
-
 @register_step("unshare")
 class UnshareModules(Step):
     """Give a module registered at several places its own deep copy at each later place."""
