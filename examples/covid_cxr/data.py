@@ -81,12 +81,18 @@ def balanced_sample(records: list[dict[str, Any]], n: int, seed: int) -> list[in
     for i, rec in enumerate(records):
         by_class.setdefault(primary_class(rec["labels"]), []).append(i)
     queues = [list(rng.permutation(idx)) for _, idx in sorted(by_class.items())]
+    return sorted(round_robin(queues, n))
+
+
+def round_robin(queues: list[list[int]], n: int) -> list[int]:
+    """Up to ``n`` items taken from the queues in turn, one from each per round (the queues
+    are emptied as they go)."""
     chosen: list[int] = []
-    while len(chosen) < min(n, len(records)):
+    while len(chosen) < n and any(queues):
         for queue in queues:
             if queue and len(chosen) < n:
                 chosen.append(int(queue.pop(0)))
-    return sorted(chosen)
+    return chosen
 
 
 def load_dataset(data: str, profile: Profile):

@@ -31,7 +31,7 @@ import torch
 
 import xraylens as xl
 from examples.covid_cxr.context import Run
-from examples.covid_cxr.data import read_json, update_json
+from examples.covid_cxr.data import read_json, round_robin, update_json
 from examples.covid_cxr.inference import load_model
 from examples.covid_cxr.prepare import Prepared, load_prepared
 from examples.covid_cxr.profile import exclusive_membership
@@ -155,11 +155,7 @@ def chosen_images(run: Run, prep: Prepared, fold: int) -> list[int]:
         for g in range(len(groups))
     ]
     rest = list(rng.permutation(torch.nonzero(~member.any(dim=1)).flatten().tolist()))
-    chosen: list[int] = []
-    while len(chosen) < n and any(queues):
-        for queue in queues:
-            if queue and len(chosen) < n:
-                chosen.append(int(queue.pop(0)))
+    chosen = round_robin(queues, n)
     chosen += [int(i) for i in rest[: n - len(chosen)]]
     return [test[i] for i in sorted(chosen)]
 
