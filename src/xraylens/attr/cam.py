@@ -79,5 +79,4 @@ class GuidedGradCam(GradCam):
             cam = self.cam(ctx, out, grad_out, relu=True)
         finally:
             ctx.rules.state.active = True
-        grad = torch.autograd.grad(out, rows.inputs, grad_out, retain_graph=retain)[0]
-        return grad * cam
+        return PairAttributor.row_maps(self, ctx, rows, out, grad_out, retain) * cam
