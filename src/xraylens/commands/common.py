@@ -10,10 +10,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from xraylens.data.folders import IMAGE_SUFFIXES
 from xraylens.errors import XraylensError
-
-#: Suffixes of the image files picked up from folders (read by :func:`xraylens.data.read_image`).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 
 
 class UsageError(XraylensError):
