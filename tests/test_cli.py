@@ -200,7 +200,7 @@ def test_explain_glob_and_colliding_names(tmp_path, test_method, capsys):
     ("extra", "message"),
     [
         (["--method", "salincy"], "unknown attributor"),
-        (["--method", "{m}", "--labels", "Covid"], "no label 'Covid'"),
+        (["--method", "{m}", "--labels", "Covid"], "unknown label 'Covid'"),
         (["--method", "{m}", "-p", "steps=3"], "no chosen method has a parameter"),
         (["--method", "{m}", "-p", "{m}.scale"], "expected [METHOD.]KEY=VALUE"),
         (["--method", "{m}", "--preset", "nope"], "none of"),
