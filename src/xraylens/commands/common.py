@@ -125,6 +125,10 @@ def load_classifier(model: str, weights: str | None, device: str | None, *, quie
     from xraylens.errors import UnknownPluginError
 
     kwargs = factory_kwargs(weights, device)
+    if weights is None:  # random weights: the same in every run and every torchrun process
+        import torch
+
+        torch.manual_seed(0)
     try:
         clf = xl.get_classifier(model, **kwargs)
     except UnknownPluginError as exc:

@@ -360,7 +360,7 @@ def _run(args, methods, device, shard, quiet) -> int:
         print(
             f"explain: {report.images_explained} explained, {report.images_skipped} already "
             f"done, {len(failed)} failed ({report.written} maps written) in "
-            f"{report.seconds:.1f} s; outputs in {out}",
+            f"{report.seconds:.1f} s{world}; outputs in {out}",
             flush=True,
         )
     if failed:
