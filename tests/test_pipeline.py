@@ -124,6 +124,7 @@ def _outputs(folder: Path) -> dict[str, object]:
     return found
 
 
+@pytest.mark.slow
 def test_sigint_mid_batch_keeps_finished_images_and_a_rerun_completes(tmp_path):
     _images(tmp_path / "in", 4, size=48)
     out = tmp_path / "out"
@@ -154,6 +155,7 @@ def test_sigint_mid_batch_keeps_finished_images_and_a_rerun_completes(tmp_path):
     assert summary["maps_skipped_existing"] == len(kept) and not summary["interrupted"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
     reason="torchrun not installed",
