@@ -28,9 +28,9 @@ LAYERS = {
     "plugins": 3,
     "<root>": 3,
     "pipeline": 4,
-    "commands": 5,
     "demo": 5,
-    "cli": 6,
+    "commands": 6,  # the command line runs the demo; the demo never needs the command line
+    "cli": 7,
 }
 
 
