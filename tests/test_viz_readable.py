@@ -106,7 +106,7 @@ def test_plot_attribution_titles_probabilities_id_and_shares_the_scale():
     res = _res(values, probs=torch.tensor([[0.93, 0.004]]))
     fig = viz.plot_attribution(torch.rand(1, 16, 16), res, image_id="covid/img1")
     titles = [ax.get_title() for ax in fig.axes]
-    assert "A\np=0.93" in titles and "B\np=0.00" in titles
+    assert "A  p=0.93" in titles and "B  p=0.00" in titles
     assert fig.get_suptitle().startswith("covid/img1: saliency")
     assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
     # one scale for the labels of the image: B is drawn much fainter than A

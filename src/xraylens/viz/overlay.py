@@ -26,8 +26,10 @@ Outlier clipping (:func:`normalize_map`): maps are divided by a threshold and cl
 - ``scaling="max"``: the largest magnitude (no clipping).
 
 Opacity (:data:`ALPHA_SCALINGS`): the heat map's per-pixel opacity is ``alpha * f(|scaled|)``
-with ``f = sqrt`` by default (weak attribution stays visible, zero stays transparent),
-``"linear"`` (``f(v) = v``) or ``"constant"`` (``alpha`` wherever the map is non-zero).
+with ``f(v) = v`` by default (``"linear"``: zero stays transparent and, with the clipping above,
+the strongest structures stand out), ``"sqrt"`` (weak attribution more visible, but pixel-level
+gradient noise becomes a haze over the lungs) or ``"constant"`` (``alpha`` wherever the map is
+non-zero).
 
 :data:`DEFAULTS` holds the defaults the CLI, the demo and the recipe share.
 
@@ -50,7 +52,7 @@ from xraylens.errors import InputError
 
 SIGNS = ("positive", "absolute", "negative", "signed", "all")
 SCALINGS = ("percentile", "cumulative", "max")
-ALPHA_SCALINGS = ("sqrt", "linear", "constant")
+ALPHA_SCALINGS = ("linear", "sqrt", "constant")
 #: Default colormap per sign mode.
 CMAPS = {
     "positive": "inferno",
@@ -65,7 +67,7 @@ DEFAULTS = {
     "outlier_perc": 2.0,
     "scaling": "percentile",
     "alpha": 0.7,
-    "alpha_scaling": "sqrt",
+    "alpha_scaling": "linear",
 }
 
 
@@ -184,7 +186,7 @@ def draw_overlay(
     scaling: str = "percentile",
     threshold: float | None = None,
     alpha: float = 0.7,
-    alpha_scaling: str = "sqrt",
+    alpha_scaling: str = "linear",
     cmap: str | None = None,
     title: str | None = None,
     contour: Any | None = None,
@@ -236,11 +238,11 @@ def draw_overlay(
 
 def _opacity(v: np.ndarray, alpha_scaling: str) -> np.ndarray:
     """Per-pixel opacity factor in [0, 1] of scaled magnitudes ``v`` in [0, 1]."""
-    if alpha_scaling == "linear":
-        return v
+    if alpha_scaling == "sqrt":
+        return np.sqrt(v)
     if alpha_scaling == "constant":
         return (v > 0).astype(np.float64)
-    return np.sqrt(v)
+    return v
 
 
 def overlay(
@@ -251,7 +253,7 @@ def overlay(
     outlier_perc: float = 2.0,
     scaling: str = "percentile",
     alpha: float = 0.7,
-    alpha_scaling: str = "sqrt",
+    alpha_scaling: str = "linear",
     cmap: str | None = None,
     title: str | None = None,
     contour: Any | None = None,
@@ -286,11 +288,14 @@ def overlay(
 
 
 def scale_label(sign: str, outlier_perc: float, scaling: str) -> str:
-    """Colourbar label: what the colours mean (1 = the clipping threshold)."""
-    clip = "max" if scaling == "max" or outlier_perc == 0 else f"top {outlier_perc:g}% clipped"
-    if scaling == "cumulative" and outlier_perc:
-        clip = f"cumulative {100 - outlier_perc:g}% clipped"
-    return f"attribution ({sign}; 1 = threshold, {clip})"
+    """Colourbar label, two short lines: what is shown, and what 1 means."""
+    if scaling == "max" or outlier_perc == 0:
+        one = "1 = max"
+    elif scaling == "cumulative":
+        one = f"1 = cumulative {100 - outlier_perc:g}%"
+    else:
+        one = f"1 = top {outlier_perc:g}% (clipped)"
+    return f"{sign} attribution\n{one}"
 
 
 __all__ = [

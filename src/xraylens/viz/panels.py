@@ -47,7 +47,7 @@ def plot_grid(
     scaling: str = "percentile",
     shared_scale: bool | str = False,
     alpha: float = 0.7,
-    alpha_scaling: str = "sqrt",
+    alpha_scaling: str = "linear",
     cmap: str | None = None,
     panel_size: float = 2.2,
     title: str | None = None,
@@ -159,6 +159,13 @@ def prob_text(res: Attribution, index: int, label: str) -> str:
     """``"p=0.93"``: the model's probability of ``label`` for image ``index`` ("" unknown)."""
     p = res.prob(index, label)
     return "" if p is None else f"p={p:.2f}"
+
+
+def _head(label: str, prob: str) -> str:
+    """A panel title: ``"COVID-19  p=0.93"`` on one line (two when the label is long)."""
+    if not prob:
+        return label
+    return f"{label}  {prob}" if len(label) <= 18 else f"{label}\n{prob}"
 
 
 def _per_row(value: Any, n_rows: int, name: str) -> list[Any]:
@@ -291,7 +298,7 @@ def plot_attribution(
         raise InputError(f"image {index} has no map for {missing}; it has {res.labels_of(index)}")
     columns = columns or min(len(names), 7)
     grid = [cells[i : i + columns] for i in range(0, len(cells), columns)]
-    heads = [f"{n}\n{prob_text(res, index, n)}".strip() for n in names]
+    heads = [_head(n, prob_text(res, index, n)) for n in names]
     titles = [heads[i : i + columns] for i in range(0, len(heads), columns)]
     what = f"{res.method} ({res.model or 'model'}, {res.output})"
     kwargs.setdefault("title", f"{image_id}: {what}" if image_id else what)
