@@ -140,6 +140,7 @@ def explain_images(
     progress: bool = True,
     log: Callable[[str], None] = print,
     shard: Shard | None = None,
+    on_map: Callable[[str, str], None] | None = None,
 ) -> ExplainReport:
     """Explain ``items`` with every attributor and write their outputs below ``out``.
 
@@ -148,7 +149,9 @@ def explain_images(
         targets: ``"all"``, ``"predicted"`` (probability >= ``threshold``, else the top
             label), label names, or ``targets(probs [B, L], items) -> per-image lists``.
         size: input side for items read from files (default ``clf.input_size``).
-        shard: this process's share (default: from ``torchrun``'s environment, else all).
+        shard: this process's share (default: from ``torchrun``'s environment, else all);
+            ``Shard()`` explains every item here (e.g. when the caller has sharded already).
+        on_map: ``on_map(key, method)`` after each (image, method) is written.
 
     Returns the :class:`ExplainReport` of every rank. On Ctrl-C it logs what was kept, then
     raises ``KeyboardInterrupt`` again (``report`` attached as ``.report``).
@@ -194,6 +197,7 @@ def explain_images(
         "size": size,
         "png": png,
         "figure": figure,
+        "on_map": on_map,
     }
     try:
         for block in blocks:
@@ -302,6 +306,8 @@ def _run_block(clf, attributors, block, plans, out, report, bar, opt) -> None:
                 _draw(png, x[j], single, it, opt["figure"])
             report.written += 1
             report.targets[it.key] = list(single.labels_of(0))
+            if opt["on_map"] is not None:
+                opt["on_map"](it.key, m)
             left[it.key] -= 1
             if left[it.key] == 0:
                 report.complete.append(it.key)
