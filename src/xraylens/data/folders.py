@@ -1,4 +1,4 @@
-"""Opening a data folder: the two dataset layouts, or plain image folders (used by the CLI and demo).
+"""Opening a data folder: the two dataset layouts or plain image folders (CLI and demo).
 
 :func:`open_data` recognises, in this order:
 

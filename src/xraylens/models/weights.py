@@ -1,4 +1,4 @@
-"""Model weights: kept for compatibility; the checkpoint I/O lives in :mod:`xraylens.core.checkpoint`.
+"""Model weights, kept for compatibility: the checkpoint I/O is :mod:`xraylens.core.checkpoint`.
 
 (``core`` must not import upward, and :meth:`xraylens.Classifier.save` / ``load`` need it.)
 """
