@@ -205,3 +205,12 @@ def test_torchrun_two_processes_write_the_files_of_one(tmp_path):
         s.pop("seconds")
         s["inputs"] = {k: Path(v).name for k, v in s["inputs"].items()}
     assert sa == sb
+
+
+def test_shards_take_whole_batches_so_every_batch_is_the_one_process_batch():
+    items = list(range(7))
+    one = pipeline.Shard().blocks(items, 2)
+    parts = [pipeline.Shard(rank=r, world=2).blocks(items, 2) for r in (0, 1)]
+    assert one == [[0, 1], [2, 3], [4, 5], [6]]
+    assert parts == [[[0, 1], [4, 5]], [[2, 3], [6]]]
+    assert sorted(b for p in parts for b in p) == sorted(one)  # disjoint, complete
