@@ -201,8 +201,13 @@ def plot_nap_energy(
             im = ax.imshow(energy[g], cmap=cmap, vmin=0, vmax=top, interpolation="nearest")
             if region is not None:
                 cells = _cells_touched(region, shape)
-                if cells.any() and not cells.all():
-                    ax.contour(cells.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+                if cells.any() and not cells.all():  # padded: closed at the map's border too
+                    h, w = cells.shape
+                    ys, xs = np.arange(-1, h + 1), np.arange(-1, w + 1)
+                    padded = np.pad(cells.astype(float), 1)
+                    ax.contour(xs, ys, padded, levels=[0.5], colors="cyan", linewidths=0.8)
+                    ax.set_xlim(-0.5, w - 0.5)
+                    ax.set_ylim(h - 0.5, -0.5)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -211,7 +216,7 @@ def plot_nap_energy(
                 ax.set_ylabel(_label(result, g), fontsize=8)
         fig.colorbar(im, ax=axes[:, c], shrink=0.8, label="sum |NAP|")
     extra = "; cyan: marker region" if region is not None else ""
-    fig.suptitle(f"NAP energy per position (sum over feature maps of |NAP|){extra}")
+    fig.suptitle(f"NAP energy per position\n(sum over feature maps of |NAP|{extra})", fontsize=10)
     return fig
 
 
