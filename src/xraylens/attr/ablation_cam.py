@@ -43,9 +43,11 @@ class AblationCam(CamFromActivation):
 
     def setup(self, ctx):
         super().setup(ctx)
-        name = self.config.layer or ctx.clf.cam_layer
-        # The layer Grad-CAM hooked (``ctx.extra["layer"]`` where its setup records it).
-        layer = ctx.extra.get("layer") or ctx.prep.layer(name)
+        # the layer Grad-CAM hooks (its name in ``ctx.extra`` where Grad-CAM resolved it)
+        name = ctx.extra.get("layer_name") or self.config.layer or ctx.clf.cam_layer
+        if not name:
+            raise InputError(f"{self.name}: the classifier has no cam_layer; pass layer=...")
+        layer = ctx.prep.layer(name)
         ctx.extra["ablate_name"] = name
 
         def replace(_m, _args, out):
@@ -67,12 +69,21 @@ class AblationCam(CamFromActivation):
     def row_maps(self, ctx, rows, out, grad_out, retain):
         cached = ctx.extra.get("ablated")
         if cached is None or cached[0] is not rows:
-            act = ctx.extra["activation"].detach()
+            kind = getattr(ctx.extra.get("layout"), "kind", "nchw")
+            if kind != "nchw":
+                raise InputError(
+                    f"{self.name}: layer {ctx.extra['ablate_name']!r} outputs a {kind!r} "
+                    "layout; Ablation-CAM ablates the channels of [N, K, h, w] outputs only"
+                )
+            raw = ctx.extra.get("activation")
+            if raw is None:
+                raise InputError(f"{self.name}: the layer did not run in the forward pass")
+            act = raw.detach()
             try:
                 scores = self._ablated_scores(ctx, rows, act, out.detach())
-            finally:
+            finally:  # the ablated forwards ran Grad-CAM's hook too
                 ctx.extra.pop("ablate", None)
-                ctx.extra["activation"] = act  # later forwards re-set it through Grad-CAM's hook
+                ctx.extra["activation"] = raw
             cached = ctx.extra["ablated"] = (rows, act, scores)
         _, act, ablated = cached  # ablated: [r, K, L] scores with channel k ablated
         has = grad_out.any(dim=1)
@@ -82,9 +93,9 @@ class AblationCam(CamFromActivation):
                 f"{self.name}: a score is exactly 0, so its relative drop is undefined; "
                 "explain the other output (logits / probs)"
             )
-        drop = (ablated * grad_out[:, None, :].to(ablated.dtype)).sum(dim=2)  # [r, K]
+        score_k = (ablated * grad_out[:, None, :].to(ablated.dtype)).sum(dim=2)  # [r, K]
         safe = torch.where(has, base, torch.ones_like(base))[:, None]
-        weights = torch.where(has[:, None], (safe - drop) / safe, torch.zeros_like(drop))
+        weights = torch.where(has[:, None], (safe - score_k) / safe, torch.zeros_like(score_k))
         cam = (weights[:, :, None, None].to(act.dtype) * act).sum(dim=1, keepdim=True)
         return self.finish(ctx, cam, self.config.relu).expand(-1, ctx.x.shape[1], -1, -1)
 

@@ -46,11 +46,27 @@ class CamFromActivation(GradCam):
         self, ctx: Context, out: torch.Tensor, grad_out: torch.Tensor, relu: bool
     ) -> torch.Tensor:
         """Upsampled map [r, 1, H, W] for one round (graph retained)."""
-        act = ctx.extra["activation"]
+        act, grad = self.layer_tensors(ctx, out, grad_out)
+        return self.finish(ctx, self.combine(act, grad), relu)
+
+    def layer_tensors(self, ctx: Context, out: torch.Tensor, grad_out: torch.Tensor):
+        """The layer's activation [r, K, h, w] (detached) and, where ``uses_gradient``, its
+        gradient ``d(out . grad_out)/d activation`` [r, K, h, w] (graph retained), else None.
+        Grad-CAM's own ``activation_and_grad`` (layouts other than [N, K, h, w]) where it has
+        one."""
+        if self.uses_gradient and hasattr(GradCam, "activation_and_grad"):
+            return self.activation_and_grad(ctx, out, grad_out)
+        act = ctx.extra.get("activation")
+        if act is None:
+            raise InputError(f"{self.name}: the layer did not run in the forward pass")
         grad = None
         if self.uses_gradient:
             grad = torch.autograd.grad(out, act, grad_out, retain_graph=True)[0]
-        return self.finish(ctx, self.combine(act.detach(), grad), relu)
+        layout = ctx.extra.get("layout")
+        if layout is not None:  # token / channels-last outputs as [r, K, h, w]
+            act = layout.to_nchw(act)
+            grad = None if grad is None else layout.to_nchw(grad)
+        return act.detach(), grad
 
     def finish(self, ctx: Context, cam: torch.Tensor, relu: bool) -> torch.Tensor:
         """ReLU (when ``relu``) and upsampling of a raw map [r, 1, h, w] to [r, 1, H, W]."""
