@@ -262,6 +262,25 @@ def test_ablation_cam_errors():
     with pytest.raises(InputError, match="r[au]ns? 2 times"):
         xl.get_attributor("ablation_cam").attribute(twice, x, [0])
 
+    class BatchMixing(torch.nn.Module):
+        """Output rows depend on the other rows of the batch: ablations would be wrong."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 3, 3, padding=1)
+            self.fc = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x))
+            return self.fc((h - h.mean(dim=0, keepdim=True)).mean(dim=(2, 3))) + 1.0
+
+    torch.manual_seed(0)
+    mixing = xl.Classifier(
+        BatchMixing().double(), labels=["a", "b"], cam_layer="conv", min_input_size=8
+    )
+    with pytest.raises(InputError, match="differs from its forward"):
+        xl.get_attributor("ablation_cam").attribute(mixing, x, [0])
+
 
 @pytest.mark.parametrize(
     "method, params, match",
