@@ -51,7 +51,9 @@ class EnsembleModule(nn.Module):
         self.combine = combine
         self.members = nn.ModuleList(modules)
         self.inputs = nn.ModuleList(inputs)
-        self.register_buffer("weights", torch.tensor(list(weights)), persistent=False)
+        self.register_buffer(
+            "weights", torch.tensor(list(weights), dtype=torch.float64), persistent=False
+        )
         self.selects = [i is not None for i in index]
         for i, idx in enumerate(index):
             self.register_buffer(f"index_{i}", idx, persistent=False)
