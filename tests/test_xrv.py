@@ -74,6 +74,12 @@ def test_registers_both_architectures(registry):
     assert warnings.filters == before  # torchxrayvision's filterwarnings("ignore") is undone
     assert clf.labels == tuple(plugin.import_xrv().models.DenseNet.targets)
     assert clf.input_size == 224 and clf.cam_layer == "features"
+    small = xl.get_classifier("xrv_resnet50", num_classes=3, labels=["a", "", "c"], resize=False)
+    assert small.labels == ("a", "c") and small(_x(1, 32)).shape == (1, 2)
+    with pytest.raises(xl.InputError, match="fixes the labels"):
+        xl.get_classifier("xrv_densenet121", weights="densenet121-res224-all", num_classes=3)
+    with pytest.raises(xl.InputError, match="1 input channel"):
+        xl.get_classifier("xrv_densenet121", in_channels=3)
 
 
 def test_densenet_logits_equal_torchxrayvision(xrv):
@@ -131,9 +137,7 @@ def test_published_densenet_weights_load_from_the_cache(xrv, registry, tmp_path)
     torch.testing.assert_close(clf(x), ref, rtol=0, atol=1e-4 * float(ref.abs().max()))
     # a local state_dict (clf.save) gives the same classifier
     clf.save(tmp_path / "mine.pt")
-    again = xl.get_classifier(
-        "xrv_densenet121", weights=tmp_path / "mine.pt", pathologies=clf.slots
-    )
+    again = xl.get_classifier("xrv_densenet121", weights=tmp_path / "mine.pt", labels=clf.slots)
     assert again.labels == clf.labels
     torch.testing.assert_close(again(x), clf(x), rtol=0, atol=0)
     with pytest.raises(xl.WeightsError, match="unknown TorchXRayVision weights.*res224-all"):

@@ -21,7 +21,7 @@ resolution check torch.fx cannot trace).
 Published weights are TorchXRayVision's own files, downloaded by it to ``cache_dir`` (default
 ``~/.torchxrayvision/models_data``) on first use; a file already there is used offline.
 ``weights`` may also be a local ``.pt``/``.pth``/``.safetensors`` state_dict (e.g. written by
-``clf.save``); ``pathologies`` then names the 18 output slots ("" for an empty one).
+``clf.save``); ``labels`` then names its output slots ("" for an empty one).
 """
 
 from __future__ import annotations
@@ -184,20 +184,19 @@ def _published(xrv, arch: str) -> list[str]:
     return sorted(k for k in xrv.models.model_urls if k.startswith(prefix))
 
 
-def _random(xrv, arch: str) -> nn.Module:
-    """The architecture with random weights, built offline."""
+def _random(xrv, arch: str, slots: tuple[str, ...]) -> nn.Module:
+    """The architecture with random weights and ``len(slots)`` outputs, built offline."""
     if arch == "densenet121":
-        return xrv.models.DenseNet(weights=None)
-    import torchvision
+        net = xrv.models.DenseNet(weights=None, num_classes=len(slots))
+    else:
+        import torchvision
 
-    # xrv.models.ResNet downloads in __init__; this is the same network (its ``model``)
-    holder = nn.Module()
-    holder.model = torchvision.models.resnet50(
-        weights=None, num_classes=len(xrv.models.ResNet.targets)
-    )
-    holder.model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    holder.targets = list(xrv.models.ResNet.targets)
-    return holder
+        # xrv.models.ResNet downloads in __init__; this is the same network (its ``model``)
+        net = nn.Module()
+        net.model = torchvision.models.resnet50(weights=None, num_classes=len(slots))
+        net.model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    net.targets = list(slots)
+    return net
 
 
 def _download(xrv, arch: str, name: str, cache_dir) -> nn.Module:
@@ -217,11 +216,29 @@ def _download(xrv, arch: str, name: str, cache_dir) -> nn.Module:
         ) from exc
 
 
+def _slots(xrv, labels, num_classes) -> tuple[str, ...]:
+    if labels is not None:
+        if isinstance(labels, str):
+            raise InputError("labels must be a sequence of slot names, not one str")
+        slots = tuple(str(v) for v in labels)
+    elif num_classes in (None, len(xrv.models.DenseNet.targets)):
+        slots = tuple(xrv.models.DenseNet.targets)
+    elif isinstance(num_classes, int) and num_classes > 0:
+        slots = tuple(f"class_{i}" for i in range(num_classes))
+    else:
+        raise InputError(f"num_classes must be a positive int, got {num_classes!r}")
+    if num_classes is not None and num_classes != len(slots):
+        raise InputError(f"num_classes={num_classes} but {len(slots)} labels were given")
+    return slots
+
+
 def build_xrv(
     arch: str,
     *,
     weights: str | os.PathLike | None = None,
-    pathologies: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+    num_classes: int | None = None,
+    in_channels: int = 1,
     cache_dir: str | os.PathLike | None = None,
     resize: bool = True,
     device: str | torch.device | None = None,
@@ -231,17 +248,37 @@ def build_xrv(
 
     Args:
         weights: None (random), a published weight-set name, or a local state_dict file.
-        pathologies: output slot names ("" for empty ones); default: the weight set's, or
-            TorchXRayVision's 18 pathologies.
+        labels: names of the network's output slots ("" marks an empty slot, dropped);
+            default: the weight set's, else TorchXRayVision's 18 pathologies. Published
+            weights fix them.
+        num_classes: outputs of a random or local network (default: ``len(labels)``, or 18).
+        in_channels: 1 (TorchXRayVision's models are greyscale).
         cache_dir: where published weights are kept (TorchXRayVision's default if None).
         resize: resize inputs to the native resolution (224 or 512) inside the model.
     """
+    if in_channels != 1:
+        raise InputError(
+            f"TorchXRayVision models take 1 input channel, got in_channels={in_channels}"
+        )
     xrv = import_xrv()
-    source = None
-    if weights is None:
-        net = _random(xrv, arch)
-    elif is_local_weights(weights):
-        net = _random(xrv, arch)
+    source, slots = None, None
+    if weights is not None and not is_local_weights(weights):
+        known = _published(xrv, arch)
+        if str(weights) not in known:
+            raise WeightsError(
+                f"unknown TorchXRayVision weights {weights!r} for {arch}; known: {known}"
+            )
+        if labels is not None or num_classes is not None:
+            raise InputError(
+                f"the weight set {weights!r} fixes the labels: drop labels/num_classes"
+            )
+        net = _download(xrv, arch, str(weights), cache_dir)
+        source = str(weights)
+        slots = tuple(xrv.models.model_urls[source]["labels"])
+    else:
+        slots = _slots(xrv, labels, num_classes)
+        net = _random(xrv, arch, slots)
+    if weights is not None and source is None:
         state, _ = read_checkpoint(weights)
         target = net if arch == "densenet121" else net.model
         if arch == "resnet50" and all(k.startswith("model.") for k in state):
@@ -249,21 +286,11 @@ def build_xrv(
         state.pop("op_threshs", None)  # TorchXRayVision's calibration: not used for logits
         load_state(target, state, os.fspath(weights))
         source = os.fspath(weights)
-    else:
-        known = _published(xrv, arch)
-        if str(weights) not in known:
-            raise WeightsError(
-                f"unknown TorchXRayVision weights {weights!r} for {arch}; known: {known}"
-            )
-        net = _download(xrv, arch, str(weights), cache_dir)
-        source = str(weights)
-        if pathologies is None:
-            pathologies = xrv.models.model_urls[source]["labels"]
     if dtype is not None:
         net.to(dtype=dtype)
     if device is not None:
         net.to(device=device)
-    return from_xrv(net, slots=pathologies, resize=resize, weights=source, name=f"xrv_{arch}")
+    return from_xrv(net, slots=slots, resize=resize, weights=source, name=f"xrv_{arch}")
 
 
 def available() -> bool:
