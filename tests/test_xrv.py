@@ -160,3 +160,29 @@ def test_resnet50_builds_offline_with_torchxrayvisions_architecture(xrv, registr
         ref = theirs.model(_scaled(x))  # its raw logits: no sigmoid, no op_threshs
     torch.testing.assert_close(published(x), ref, rtol=1e-5, atol=1e-4)
     assert published.labels == tuple(xrv.models.model_urls[name]["labels"])
+
+
+def test_readme_example_runs_offline_from_the_cache(xrv, registry, tmp_path, monkeypatch):
+    """The README's TorchXRayVision block (a ``py`` fence: it names published weights, so
+    test_docs does not run it) runs as written with the weights file where TorchXRayVision
+    keeps its downloads."""
+    import re
+
+    from PIL import Image
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    (code,) = [c for c in re.findall(r"```py\n(.*?)```", text, re.S) if "xrv_densenet121" in c]
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    url = xrv.models.model_urls["densenet121-res224-all"]["weights_url"]
+    cache = tmp_path / ".torchxrayvision" / "models_data"
+    cache.mkdir(parents=True)
+    torch.manual_seed(3)
+    torch.save(xrv.models.DenseNet(weights=None), cache / os.path.basename(url))
+    pixels = (torch.rand(256, 256, generator=torch.Generator().manual_seed(0)) * 255).byte()
+    Image.fromarray(pixels.numpy()).save(tmp_path / "cxr.png")
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    res = scope["res"]
+    assert res.values.shape == (1, 2, 1, 224, 224) and res.labels == ("Effusion", "Pneumonia")
+    assert float(res.delta.abs().max()) <= 1e-3 * float(res.values.abs().sum(dim=(2, 3, 4)).max())
