@@ -70,11 +70,12 @@ def test_registers_nothing_quietly_without_torchxrayvision(monkeypatch):
 def test_registers_both_architectures(registry):
     assert {"xrv_densenet121", "xrv_resnet50"} <= set(xl.list_classifiers())
     before = list(warnings.filters)
-    clf = xl.get_classifier("xrv_densenet121", resize=False)
+    clf = xl.get_classifier("xrv_densenet121")
     assert warnings.filters == before  # torchxrayvision's filterwarnings("ignore") is undone
     assert clf.labels == tuple(plugin.import_xrv().models.DenseNet.targets)
     assert clf.input_size == 224 and clf.cam_layer == "features"
-    small = xl.get_classifier("xrv_resnet50", num_classes=3, labels=["a", "", "c"], resize=False)
+    assert clf.module.resolution is None  # inputs as given unless resize=True
+    small = xl.get_classifier("xrv_resnet50", num_classes=3, labels=["a", "", "c"])
     assert small.labels == ("a", "c") and small(_x(1, 32)).shape == (1, 2)
     with pytest.raises(xl.InputError, match="fixes the labels"):
         xl.get_classifier("xrv_densenet121", weights="densenet121-res224-all", num_classes=3)
@@ -97,7 +98,7 @@ def test_densenet_logits_equal_torchxrayvision(xrv):
     torch.testing.assert_close(clf(x), ref, rtol=0, atol=1e-10 * float(ref.abs().max()))
     # resized to the native resolution inside the model, as TorchXRayVision does
     net.input_resolution = 224
-    resized = plugin.from_xrv(net, slots=slots)
+    resized = plugin.from_xrv(net, slots=slots, resize=True)
     with torch.no_grad():
         ref = net(_scaled(x))[:, keep]
     torch.testing.assert_close(resized(x), ref, rtol=0, atol=1e-10 * float(ref.abs().max()))
@@ -127,7 +128,7 @@ def test_published_densenet_weights_load_from_the_cache(xrv, registry, tmp_path)
     randomize_batchnorm(saved, 2, _scaled(_x(4, size=96)))
     url = xrv.models.model_urls[name]["weights_url"]
     torch.save(saved, tmp_path / os.path.basename(url))
-    clf = xl.get_classifier("xrv_densenet121", weights=name, cache_dir=tmp_path)
+    clf = xl.get_classifier("xrv_densenet121", weights=name, cache_dir=tmp_path, resize=True)
     assert clf.labels == ("Pneumonia", "Lung Opacity") and clf.weights == name
     assert len(clf.slots) == 18
     x = _x(1)
@@ -137,7 +138,9 @@ def test_published_densenet_weights_load_from_the_cache(xrv, registry, tmp_path)
     torch.testing.assert_close(clf(x), ref, rtol=0, atol=1e-4 * float(ref.abs().max()))
     # a local state_dict (clf.save) gives the same classifier
     clf.save(tmp_path / "mine.pt")
-    again = xl.get_classifier("xrv_densenet121", weights=tmp_path / "mine.pt", labels=clf.slots)
+    again = xl.get_classifier(
+        "xrv_densenet121", weights=tmp_path / "mine.pt", labels=clf.slots, resize=True
+    )
     assert again.labels == clf.labels
     torch.testing.assert_close(again(x), clf(x), rtol=0, atol=0)
     with pytest.raises(xl.WeightsError, match="unknown TorchXRayVision weights.*res224-all"):

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from xraylens.core.classifier import Classifier, InputNormalize
+from xraylens.core.classifier import Classifier, InputNormalize, eval_mode
 from xraylens.errors import InputError
 from xraylens.surgery.steps import Logit
 
@@ -159,6 +159,8 @@ class Ensemble(Classifier):
         self.members = members
         self.combine = combine
         self.weights = _weights(weights, len(members))
+        if isinstance(labels, str):
+            raise InputError("labels must be a sequence of label names, not one str")
         labels = tuple(members[0].labels if labels is None else labels)
         index = [
             _label_index(clf, i, labels, m)
@@ -204,8 +206,6 @@ class Ensemble(Classifier):
 
     def member_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Every member's logits in the ensemble's label order: [M, N, L], no gradients."""
-        from xraylens.core.classifier import eval_mode
-
         x = self.check_input(x)
         with torch.inference_mode(), eval_mode(self.module):
             return torch.stack([self.module.member_outputs(x, i) for i in range(len(self.members))])

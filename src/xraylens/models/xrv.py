@@ -12,11 +12,12 @@
 What the wrapper (:class:`XRVModule`) does so that every method explains these models exactly:
 inputs in [0, 1] become TorchXRayVision's [-1024, 1024] (``x * 2048 - 1024``) and, with
 ``resize=True``, are resized to the native resolution as TorchXRayVision does (bilinear,
-antialiased: linear, so DeepLIFT stays exact); the outputs are logits (no sigmoid, no
-operating-point calibration: ``op_threshs=None``, ``apply_sigmoid=False``) of the weight set's
-pathologies only (empty slots dropped). The final ReLU is a module, so DeepLIFT and guided
-backprop see it (TorchXRayVision calls ``F.relu(..., inplace=True)`` in its own forward, whose
-resolution check torch.fx cannot trace).
+antialiased: linear, so DeepLIFT stays exact; by default the network sees the input as given,
+so give it ``clf.input_size`` pixels, and tests at small sizes stay cheap); the outputs are
+logits (no sigmoid, no operating-point calibration: ``op_threshs=None``,
+``apply_sigmoid=False``) of the weight set's pathologies only (empty slots dropped). The final
+ReLU is a module, so DeepLIFT and guided backprop see it (TorchXRayVision calls
+``F.relu(..., inplace=True)`` in its own forward, whose resolution check torch.fx cannot trace).
 
 Published weights are TorchXRayVision's own files, downloaded by it to ``cache_dir`` (default
 ``~/.torchxrayvision/models_data``) on first use; a file already there is used offline.
@@ -144,7 +145,7 @@ def from_xrv(
     xrv_model: nn.Module,
     *,
     slots: Sequence[str] | None = None,
-    resize: bool = True,
+    resize: bool = False,
     weights: str | None = None,
     name: str | None = None,
 ) -> XRVClassifier:
@@ -152,7 +153,8 @@ def from_xrv(
 
     Args:
         slots: the network's output names (default: its ``targets``); "" marks an empty slot.
-        resize: resize inputs to the native resolution inside the model, as TorchXRayVision.
+        resize: resize inputs to the native resolution inside the model, as TorchXRayVision
+            does (default: inputs as given; give them ``clf.input_size`` pixels).
     """
     arch = _arch_of(xrv_model)
     slots = tuple(str(s) for s in (xrv_model.targets if slots is None else slots))
@@ -240,7 +242,7 @@ def build_xrv(
     num_classes: int | None = None,
     in_channels: int = 1,
     cache_dir: str | os.PathLike | None = None,
-    resize: bool = True,
+    resize: bool = False,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> XRVClassifier:
@@ -254,7 +256,8 @@ def build_xrv(
         num_classes: outputs of a random or local network (default: ``len(labels)``, or 18).
         in_channels: 1 (TorchXRayVision's models are greyscale).
         cache_dir: where published weights are kept (TorchXRayVision's default if None).
-        resize: resize inputs to the native resolution (224 or 512) inside the model.
+        resize: resize inputs to the native resolution (224 or 512) inside the model, as
+            TorchXRayVision does (default: inputs as given; give them ``clf.input_size`` px).
     """
     if in_channels != 1:
         raise InputError(
