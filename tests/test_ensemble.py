@@ -7,6 +7,7 @@ Members at small size, in float64: an xraylens ResNet18, a random-init torchvisi
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -214,3 +215,14 @@ def test_bad_members_and_options_are_refused():
     sub = xl.Ensemble([res, net], labels=["e", "b"])
     assert sub.labels == ("e", "b") and sub(_x(1)).shape == (1, 2)
     assert sub.metadata()["ensemble"]["members"][1]["labels"] == list(LABELS)
+
+
+def test_the_recipe_skips_cam_methods_without_a_layer_for_the_ensemble(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # the repository root
+    from examples.covid_cxr.ensemble import explains
+
+    ens, small = ensemble(), members()[2]
+    assert not explains(xl.get_attributor("grad_cam"), ens)
+    assert explains(xl.get_attributor("grad_cam", layer="members.0.layer4"), ens)
+    assert explains(xl.get_attributor("grad_cam"), small)
+    assert explains(xl.get_attributor("saliency"), ens)
