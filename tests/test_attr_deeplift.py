@@ -42,11 +42,12 @@ def _relative_error(total: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
 def test_completeness_on_every_backbone(name, output):
     clf, x, x0 = _case(name)
     res = xl.get_attributor("deeplift", baseline=x0).attribute(clf, x, "all", output=output)
-    assert res.values.shape == (2, 14, 1, *x.shape[-2:]) and res.values.dtype == torch.float32
+    shape = (2, clf.num_classes, 1, *x.shape[-2:])
+    assert res.values.shape == shape and res.values.dtype == torch.float32
     with torch.no_grad():
         f = clf(x) if output == "logits" else clf.predict_proba(x)
         f0 = clf(x0) if output == "logits" else clf.predict_proba(x0)
-    diff = f - f0  # [2, 14]
+    diff = f - f0  # [2, L]
     assert diff.abs().max() > 1e-2  # the network is not trivially flat
     err = _relative_error(res.values.double().sum((2, 3, 4)), diff)
     assert err.max() <= 1e-3, f"{name}: completeness error {err.max():.2e}"
@@ -71,7 +72,7 @@ def test_without_surgery_captum_fails(name):
     clf, x, x0 = _case(name)
     x = x[:1]
     module = clf.forward_module(copy.deepcopy(clf.module))
-    if name.startswith("resnet"):
+    if name.removeprefix("xrv_").startswith("resnet"):  # xrv_resnet50: a torchvision ResNet50
         with pytest.raises(RuntimeError, match="more than once"):
             _captum_deeplift(module, x, x0, [0])
         return

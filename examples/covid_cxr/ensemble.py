@@ -6,6 +6,9 @@
   majority voting of the paper's journal version), stored as the share of votes.
 
 Both read the test predictions written by ``evaluate`` (no model is run again).
+
+:func:`load_ensemble` builds the same ``ensemble`` as one :class:`xl.Ensemble` (``"mean_probs"``
+of the fold's backbones), so that ``explain`` explains it like any other model.
 """
 
 from __future__ import annotations
@@ -15,12 +18,31 @@ from typing import Any
 
 import numpy as np
 
+import xraylens as xl
 from examples.covid_cxr.context import Run
 from examples.covid_cxr.data import read_json, write_json
 from examples.covid_cxr.evaluate import load_predictions, save_predictions, score_model
 from xraylens.errors import InputError
 
 ENSEMBLES = ("ensemble", "ensemble_vote")
+
+
+def load_ensemble(run: Run, fold: int, members: dict[str, xl.Classifier] | None = None):
+    """The fold's ``ensemble`` as an :class:`xl.Ensemble`: the mean of the backbones' sigmoid
+    outputs (``members``: backbone -> classifier already loaded; default: load them)."""
+    if members is None:
+        from examples.covid_cxr.inference import load_model
+
+        members = {b: load_model(run, b, fold) for b in run.profile.backbones}
+    return xl.Ensemble(
+        [members[b] for b in run.profile.backbones], combine="mean_probs", name="ensemble"
+    )
+
+
+def explains(att: xl.Attributor, clf: xl.Classifier) -> bool:
+    """Whether ``att`` can explain ``clf`` as configured: a CAM method without ``layer=`` needs
+    the classifier's ``cam_layer``, which an ensemble has not (it would be one member's)."""
+    return getattr(att.config, "layer", "") is not None or clf.cam_layer is not None
 
 
 def combine_fold(run: Run, fold: int) -> dict[str, np.ndarray]:

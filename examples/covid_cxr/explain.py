@@ -1,10 +1,12 @@
 """Step ``explain``: every method x model x test image x label, saved and drawn.
 
 For each fold of ``explain_folds``, a sample of ``explain_images`` test images balanced over
-the NAP groups (every test image when None) is explained by every backbone with every method of
-the profile. Each model explains, per image, the labels that are **true or predicted** by that model
-(probability above the threshold), as per-image targets; the explained output is the sigmoid
-probability (``explain_output="probs"``, as the paper) or the logit.
+the NAP groups (every test image when None) is explained by every backbone, and by their
+``ensemble`` (an :class:`xl.Ensemble`, mean of probabilities; CAM methods skip it: it has no
+single CAM layer), with every method of the profile. Each model explains, per image, the
+labels that are **true or predicted** by that model (probability above the threshold), as
+per-image targets; the explained output is the sigmoid probability
+(``explain_output="probs"``, as the paper) or the logit.
 
 Outputs in ``explain/fold<k>/<image>/``:
 
@@ -32,6 +34,7 @@ import torch
 import xraylens as xl
 from examples.covid_cxr.context import Run
 from examples.covid_cxr.data import read_json, round_robin, update_json
+from examples.covid_cxr.ensemble import explains, load_ensemble
 from examples.covid_cxr.inference import load_model
 from examples.covid_cxr.prepare import Prepared, load_prepared
 from examples.covid_cxr.profile import exclusive_membership
@@ -115,7 +118,7 @@ def explain_image(
         }
         pipeline.explain_images(
             clf,
-            attributors,
+            {m: a for m, a in attributors.items() if explains(a, clf)},  # CAM: no ensemble layer
             [pipeline.Item(key=f"{folder.name}/{backbone}", load=lambda: x[0], id=image_id)],
             folder.parent,
             targets=lambda _probs, _items, t=targets: [t],  # true or predicted, as above
@@ -135,7 +138,11 @@ def explain_image(
         if path.is_file() and not run.force:
             continue
         results = {
-            b: {m: xl.Attribution.load(folder / b / f"{m}.npz") for m in attributors}
+            b: {
+                m: xl.Attribution.load(folder / b / f"{m}.npz")
+                for m in attributors
+                if explains(attributors[m], models[b])
+            }
             for b in models
         }
         fig = viz.plot_models_methods(x[0], results, label, title=f"{label}: {info['id']}")
@@ -176,6 +183,7 @@ def explain(run: Run) -> dict[str, Any]:
     for fold in run.profile.explain_folds:
         images = chosen_images(run, prep, fold)
         models = {b: load_model(run, b, fold) for b in run.profile.backbones}
+        models["ensemble"] = load_ensemble(run, fold, models)  # explained like a sixth model
         root = run.explain_dir(fold)
         mine = d.shard(images)
         with warnings.catch_warnings():

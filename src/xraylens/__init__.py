@@ -13,6 +13,7 @@ from xraylens.core.attribution import Attribution
 from xraylens.core.attributor import Attributor
 from xraylens.core.classifier import Classifier, classifier_factory, eval_mode, set_registry_build
 from xraylens.core.engine import Engine
+from xraylens.core.ensemble import Ensemble
 from xraylens.core.profiler import Profiler
 from xraylens.errors import (
     ImageReadError,
@@ -71,6 +72,7 @@ __all__ = [
     "Attributor",
     "Classifier",
     "Engine",
+    "Ensemble",
     "ImageReadError",
     "InputError",
     "PluginConflictError",

@@ -101,6 +101,8 @@ class Classifier:
         input_mean, input_std: per-channel normalisation applied to inputs in [0, 1] before the
             module (e.g. ImageNet statistics for published weights); None: none.
         name: registry name or a free description.
+        channels: ``"repeat"`` or ``"fold"``: greyscale input for a 3-channel ``module`` (see
+            :mod:`xraylens.core.channels`; ``module`` is adapted on a shallow copy); None: none.
     """
 
     module: nn.Module
@@ -115,10 +117,18 @@ class Classifier:
     )
     input_std: tuple[float, ...] | None = attrs.field(default=None, converter=_floats, kw_only=True)
     name: str = attrs.field(default="custom", kw_only=True)
+    channels: str | None = attrs.field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.module, nn.Module):
             raise InputError(f"module must be a torch.nn.Module, got {type(self.module).__name__}")
+        if self.channels is not None:
+            from xraylens.core.channels import adapt_channels
+
+            self.module = adapt_channels(
+                self.module, self.channels, in_channels=self.in_channels,
+                check_size=self.min_input_size,
+            )  # fmt: skip
         if (self.input_mean is None) != (self.input_std is None):
             raise InputError("give both input_mean and input_std, or neither")
         if self.input_std is not None and any(s <= 0 for s in self.input_std):

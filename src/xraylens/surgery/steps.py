@@ -37,6 +37,18 @@ from torch import nn
 
 from xraylens.errors import InputError
 
+
+class Logit(nn.Module):
+    """``log(p / (1 - p))`` elementwise, ``p`` clamped into the dtype's open unit interval
+    (``xl.Ensemble``'s ``"mean_probs"`` output). Listed in :data:`ACTIVATION_TYPES` so that
+    DeepLIFT applies its rescale rule here instead of treating it as linear."""
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        info = torch.finfo(p.dtype)
+        p = p.clamp(info.tiny, 1.0 - info.eps)
+        return torch.log(p) - torch.log1p(-p)
+
+
 #: Elementwise activation modules: DeepLIFT's rescale rule applies to each of them.
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
     nn.ReLU,
@@ -54,6 +66,7 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
     nn.Hardtanh,
     nn.Hardswish,
     nn.Hardsigmoid,
+    Logit,
 )
 #: Max pooling modules: the exact rule of :mod:`xraylens.surgery.maxpool` applies.
 MAXPOOL_TYPES: tuple[type[nn.Module], ...] = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
