@@ -36,27 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from xraylens.errors import InputError
+from xraylens.surgery import taxonomy
 
-#: Elementwise activation modules: DeepLIFT's rescale rule applies to each of them.
-ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Softplus,
-    nn.Hardtanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-)
-#: Max pooling modules: the exact rule of :mod:`xraylens.surgery.maxpool` applies.
-MAXPOOL_TYPES: tuple[type[nn.Module], ...] = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+#: Elementwise activation modules and max pooling modules (from the taxonomy).
+ACTIVATION_TYPES = taxonomy.ACTIVATION_TYPES
+MAXPOOL_TYPES = taxonomy.MAXPOOL_TYPES
 #: Modules that need a DeepLIFT rule (non-linear); everything else is treated as linear.
 RULED_TYPES = ACTIVATION_TYPES + MAXPOOL_TYPES
 
@@ -169,8 +153,9 @@ _STRUCTURAL = (
 
 #: Named step sequences used by the attributors.
 PIPELINES: dict[str, tuple[str, ...]] = {
-    # DeepLIFT / DeepLiftShap: rules hook every non-linearity module.
-    "deeplift": _STRUCTURAL,
+    # DeepLIFT / DeepLiftShap: the rules see every function call (attr._dl_mode), so only
+    # the speed-ups.
+    "deeplift": ("merge_batchnorm", "fast_input_grad"),
     # Guided backprop, deconvolution, guided Grad-CAM: rules hook every ReLU module.
     "guided": _STRUCTURAL,
     # Plain gradients: only the speed-ups.
