@@ -114,14 +114,20 @@ def _net(inner: nn.Module) -> xl.Classifier:
     return xl.Classifier(net, labels=["a", "b", "c"], in_channels=1, min_input_size=8)
 
 
+class _Dropout(nn.Module):
+    def forward(self, x):  # random in both passes: no exact rule
+        return F.dropout(x, 0.5, training=True)
+
+
 @pytest.mark.parametrize(
     "inner, message",
     [
+        (_Dropout(), r"dropout in training mode \(random\) inside module '1\.0' \(_Dropout\)"),
         (_Sort(), r"torch\.sort inside module '1\.0' \(_Sort\)"),
         (_Custom(), r"autograd\.Function _Relu inside module '1\.0' \(_Custom\)"),
         (_Argmax(), r"amax inside module '1\.0' \(_Argmax\)"),
     ],
-    ids=["sort", "custom_function", "amax"],
+    ids=["dropout", "sort", "custom_function", "amax"],
 )
 @pytest.mark.parametrize("method", ["deeplift", "deeplift_shap"])
 def test_op_without_rule_is_refused(inner, message, method):

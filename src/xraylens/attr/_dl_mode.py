@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import BackwardCFunction
 from torch.overrides import TorchFunctionMode
@@ -55,6 +56,8 @@ T = torch.Tensor
 _RECORDED = (tx.ELEMENTWISE, tx.PRODUCT, tx.DIVISION, tx.SOFTMAX, tx.POOLING)
 _OUT_OF_PLACE = {T.mul_: torch.mul, T.__imul__: torch.mul, T.div_: torch.div,
                  T.__itruediv__: torch.div}  # fmt: skip
+_DROPOUTS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+             F.feature_alpha_dropout, torch.dropout}  # fmt: skip
 _LOG_SOFTMAX = (torch.nn.functional.log_softmax, torch.log_softmax, T.log_softmax)
 
 
@@ -184,6 +187,8 @@ class DeepLiftRules:
         for k in dep:
             self._check_function(flat[k][1])
         if kind == tx.LINEAR:
+            if dep and func in _DROPOUTS and _training_dropout(args, kwargs):
+                raise self.refuse(f"{_name(func)} in training mode (random)")
             return func(*args, **kwargs)
         if kind == tx.MULTILINEAR:
             if len(dep) > 1:
@@ -364,3 +369,10 @@ class DeepLiftRules:
             mp.check_window_count(geom)
             mult = mp.window_multipliers(x.detach(), x0, geom, self.eps)
         return _PoolRule.apply(x, y, mult, geom)
+
+
+def _training_dropout(args, kwargs) -> bool:
+    """Whether a dropout call (input, p, training) drops anything."""
+    bound = dict(zip(("input", "p", "training"), args, strict=False)) | kwargs
+    training = bound.get("training", bound.get("train", True))
+    return bool(training) and float(bound.get("p", 0.5)) > 0
