@@ -41,12 +41,13 @@ from xraylens.surgery import taxonomy
 #: Elementwise activation modules and max pooling modules (from the taxonomy).
 ACTIVATION_TYPES = taxonomy.ACTIVATION_TYPES
 MAXPOOL_TYPES = taxonomy.MAXPOOL_TYPES
-#: Modules that need a DeepLIFT rule (non-linear); everything else is treated as linear.
+#: Non-linearity modules that surgery makes distinct and non-in-place (guided backprop hooks
+#: the ReLUs among them).
 RULED_TYPES = ACTIVATION_TYPES + MAXPOOL_TYPES
 
 
 def is_ruled(module: nn.Module) -> bool:
-    """Whether ``module`` is a non-linearity that DeepLIFT / guided backprop hooks handle."""
+    """Whether ``module`` is an elementwise activation or max pooling (taxonomy)."""
     return type(module) in RULED_TYPES
 
 
