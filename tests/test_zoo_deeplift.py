@@ -196,3 +196,91 @@ def test_taxonomy_is_the_single_source():
             if f in modularize._ELEMENTWISE:
                 assert isinstance(modularize._ELEMENTWISE[f][1](), act.module)
     assert tx.function_kind(torch.sort) is None and tx.function_kind(torch.mul) == tx.PRODUCT
+
+
+class _Tokens(nn.Module):
+    """[N, 1, 8, 8] -> conv (-> ``spatial``) -> 16 tokens of 8 (-> ``op``) -> 3 logits."""
+
+    def __init__(self, op=None, spatial=None):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 2, stride=2)
+        self.spatial, self.op = spatial, op
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.spatial is not None:
+            y = self.spatial(y)
+        t = y.flatten(2).transpose(1, 2)  # [N, 16, 8]
+        if self.op is not None:
+            t = self.op(t)
+        return self.head(F.gelu(t).mean(1))
+
+
+class _MHA(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.register_buffer("mask", torch.ones(16, 16, dtype=torch.bool).triu(1))
+
+    def forward(self, t):
+        pad = torch.zeros(t.shape[0], 16, dtype=torch.bool, device=t.device)
+        pad[:, -3:] = True
+        out, w = self.mha(t, t, t, attn_mask=self.mask, key_padding_mask=pad)
+        return out + w.sum(-1, keepdim=True)  # the averaged weights too
+
+
+class _SDPA(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+        self.register_buffer("bias", torch.randn(16, 16))
+
+    def forward(self, t):
+        q, k, v = self.qkv(t).reshape(t.shape[0], 16, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        b = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias, scale=0.3)
+        return (a + b).transpose(1, 2).reshape(t.shape)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _Tokens(nn.LayerNorm(8)),
+        lambda: _Tokens(nn.RMSNorm(8)),
+        lambda: _Tokens(lambda t: F.rms_norm(t, (8,), eps=None)),
+        lambda: _Tokens(spatial=nn.GroupNorm(2, 8)),
+        lambda: _Tokens(nn.LogSoftmax(-1)),
+        lambda: _Tokens(lambda t: t * t.softmax(1)),
+        lambda: _Tokens(_MHA()),
+        lambda: _Tokens(_SDPA()),
+    ],
+    ids=[
+        "layernorm",
+        "rmsnorm",
+        "f_rms_norm",
+        "groupnorm",
+        "log_softmax",
+        "softmax_gate",
+        "mha_masks_weights",
+        "sdpa_causal_float_mask",
+    ],  # fmt: skip
+)
+def test_normalisation_softmax_attention_are_exact(make):
+    torch.manual_seed(2)
+    net = make().double()
+    for m in net.modules():  # non-trivial affine parameters
+        for name in ("weight", "bias"):
+            p = getattr(m, name, None)
+            if isinstance(p, nn.Parameter) and isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
+                p.data.normal_()
+    clf = xl.Classifier(net, labels=["a", "b", "c"], in_channels=1, min_input_size=8)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64, generator=g) * 4
+    x0 = torch.rand(1, 1, 8, 8, dtype=torch.float64, generator=g) * 4
+    with torch.no_grad():
+        diff = clf(x) - clf(x0)
+    with assert_untouched(clf.module):
+        res = xl.get_attributor("deeplift", baseline=x0).attribute(clf, x, "all")
+    assert diff.abs().max() > 1e-3
+    assert (res.delta.reshape(diff.shape).abs() / diff.abs()).max() <= TOL
