@@ -12,6 +12,9 @@ the bounds; this script prints the figures quoted in ``docs/methods.md``):
   steps (pipeline ``"guided"``: unshared, non-in-place ReLU modules, functional calls as
   modules), one call per label.
 
+``activations`` is the zoo's activation chain with 3x its mixers' weights, as in the tests (at
+the default init it is flat: ``|f(x) - f(x0)| ~ 1e-16``).
+
 Speed (``--time``): float32, the same input, every label: one xraylens DeepLIFT call against
 one Captum call per label on the surgery copy (best of ``--repeats``), ratio = Captum /
 xraylens (> 1: xraylens faster).
@@ -36,6 +39,7 @@ from xraylens.surgery import PIPELINES, Surgery
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from model_guard import backbone, tiny_input  # noqa: E402  (the tests' random-BN setup)
+from test_zoo_deeplift import _activations  # noqa: E402  (the zoo chain, not flat)
 from zoo import ZOO, zoo_input, zoo_model  # noqa: E402
 
 #: the structural surgery Captum needs (no speed-ups)
@@ -77,7 +81,7 @@ def _structural(module):
 
 def measure(kind: str, name: str, timing: bool, repeats: int) -> dict:
     if kind == "zoo":
-        clf = zoo_model(name, torch.float64)
+        clf = _activations() if name == "activations" else zoo_model(name, torch.float64)
         x, refs = zoo_input(clf, n=1, seed=3), zoo_input(clf, n=2, seed=4)
     else:
         clf = backbone(name, torch.float64)
