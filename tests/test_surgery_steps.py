@@ -46,9 +46,9 @@ def _calls_per_module(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     return counts
 
 
-def _reference_pass(model: nn.Module, x: torch.Tensor) -> None:
+def _guided_pass(model: nn.Module, x: torch.Tensor) -> None:
     """DeepLIFT's reference pass: raises InputError for any non-linearity without a rule."""
-    with RuleHooks(model, "deeplift") as rules, torch.no_grad(), rules.reference():
+    with RuleHooks(model, "guided") as rules, torch.no_grad(), rules.main():
         model(x)
 
 
@@ -73,7 +73,7 @@ def test_deeplift_pipeline_on_backbone(name):
     with torch.no_grad():
         before = model(x)
     snap = snapshot(model)
-    surgery = Surgery("deeplift")
+    surgery = Surgery("guided")
     surgery.apply(model)
     # same function
     with torch.no_grad():
@@ -83,7 +83,7 @@ def test_deeplift_pipeline_on_backbone(name):
     assert not [n for n, m in model.named_modules() if getattr(m, "inplace", False)]
     calls = _calls_per_module(model, x)
     assert calls and max(calls.values()) == 1
-    _reference_pass(model, x)
+    _guided_pass(model, x)
     # and back to the original, exactly
     surgery.remove()
     snap.assert_unchanged(model)
@@ -101,9 +101,9 @@ def test_deeplift_pipeline_on_backbone(name):
 def test_each_step_is_needed(name, missing, message):
     clf = backbone(name, torch.float64)
     model = copy.deepcopy(clf.module)
-    Surgery([s for s in PIPELINES["deeplift"] if s != missing]).apply(model)
+    Surgery([s for s in PIPELINES["guided"] if s != missing]).apply(model)
     with pytest.raises(InputError, match=message):
-        _reference_pass(model, tiny_input(clf, n=1))
+        _guided_pass(model, tiny_input(clf, n=1))
 
 
 def test_unshare_and_remove():
@@ -152,7 +152,7 @@ def test_split_and_functional_steps_on_a_custom_block():
     with torch.no_grad():
         torch.testing.assert_close(model(x), before, rtol=0, atol=0)
     assert max(_calls_per_module(model, x).values()) == 1
-    _reference_pass(model, x)
+    _guided_pass(model, x)
     surgery.remove()
     snap.assert_unchanged(model)
 
@@ -169,13 +169,17 @@ class _Untraceable(nn.Module):
         return self.fc(x)
 
 
-def test_untraceable_module_warns_and_deeplift_refuses():
+def test_untraceable_module_warns_and_guided_backprop_refuses():
     model = _Untraceable().double()
     with pytest.warns(UserWarning, match="cannot trace"):
         Surgery(["functional_to_modules"]).apply(model)
     clf = xl.Classifier(_Untraceable().double(), labels=["a", "b"], min_input_size=2)
+    x = torch.rand(1, 1, 2, 2, dtype=torch.float64)
     with pytest.warns(UserWarning, match="cannot trace"), pytest.raises(InputError, match="relu"):
-        xl.get_attributor("deeplift").attribute(clf, torch.rand(1, 1, 2, 2, dtype=torch.float64))
+        xl.get_attributor("guided_backprop").attribute(clf, x)
+    # DeepLIFT needs no surgery; the detach on the input-dependent path is refused
+    with pytest.raises(InputError, match=r"Tensor\.detach inside the model"):
+        xl.get_attributor("deeplift").attribute(clf, x)
 
 
 def test_merge_batchnorm_same_function_fewer_layers():

@@ -1,22 +1,16 @@
-"""Backward rules attached to a prepared model with hooks: DeepLIFT, guided backprop, deconv.
+"""Backward rules attached to a prepared model: guided backprop and deconvolution (hooks on
+ReLU modules) and, by the same interface, DeepLIFT (:mod:`._dl_mode`, every function call).
 
-A forward hook on every non-linearity module replaces its output by the same values from a
-custom autograd function whose backward applies the rule; the ordinary backward of the module
-is bypassed. Rules are label-independent, so one forward serves the backward of every label.
+Guided backprop / deconvolution: a forward hook on every ReLU module replaces its output by the
+same values from a custom autograd function whose backward applies the rule; the ordinary
+backward of the module is bypassed. Rules are label-independent, so one forward serves the
+backward of every label.
 
-DeepLIFT runs two passes per chunk: a **reference** pass (no gradients) records each
-non-linearity's input for the baselines, then the **main** pass computes each multiplier once:
+Safety: a ReLU module called twice in one forward, or left in-place, is an error; during the
+forward every functional ReLU (the taxonomy's ReLU functions) that runs outside a ReLU module
+(e.g. an ``F.relu`` that surgery could not convert) is an error naming the module.
 
-- elementwise activations (rescale rule, as Captum): ``m = Δy / Δx``, or the ordinary
-  derivative where ``|Δx| < eps``;
-- max pooling: the exact window multipliers of :mod:`xraylens.surgery.maxpool`.
-
-Only the input rows carry gradients (Captum backpropagates through input and baseline rows).
-
-Safety (what makes DeepLIFT exact or refuse): a rule module called twice in one forward, or
-left in-place, is an error; during the reference pass every functional non-linearity that runs
-outside a ruled module (e.g. an ``F.relu`` that surgery could not convert) is an error naming
-the module. Guided backprop and deconvolution check ReLUs the same way in their forward.
+``RuleHooks(model, "deeplift")`` returns a :class:`._dl_mode.DeepLiftRules` (same use).
 """
 
 from __future__ import annotations
@@ -25,79 +19,14 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from xraylens.errors import InputError
-from xraylens.surgery import ACTIVATION_TYPES, MAXPOOL_TYPES
-from xraylens.surgery import maxpool as mp
+from xraylens.surgery import taxonomy
 
-_RELU_FUNCS = {F.relu, torch.relu, F.relu_, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
-_NONLINEAR_FUNCS = _RELU_FUNCS | {
-    F.relu6,
-    F.elu,
-    F.selu,
-    torch.selu,
-    F.celu,
-    F.gelu,
-    F.silu,
-    F.mish,
-    F.softplus,
-    F.leaky_relu,
-    F.hardtanh,
-    F.hardswish,
-    F.hardsigmoid,
-    torch.sigmoid,
-    F.sigmoid,
-    torch.Tensor.sigmoid,
-    torch.Tensor.sigmoid_,
-    torch.tanh,
-    F.tanh,
-    torch.Tensor.tanh,
-    F.max_pool1d,
-    F.max_pool2d,
-    F.max_pool3d,
-    torch.max_pool1d,
-    torch.max_pool2d,
-    torch.max_pool3d,
-    F.adaptive_max_pool1d,
-    F.adaptive_max_pool2d,
-    F.adaptive_max_pool3d,
-    F.softmax,
-    F.log_softmax,
-    torch.softmax,
-    torch.Tensor.softmax,
-}
-
-
-class _Multiply(torch.autograd.Function):
-    """Output ``y``; backward ``grad * m`` to ``x`` (DeepLIFT's multiplier)."""
-
-    @staticmethod
-    def forward(ctx, x, y, m):
-        ctx.save_for_backward(m)
-        return y.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        (m,) = ctx.saved_tensors
-        return grad * m, None, None
-
-
-class _PoolRule(torch.autograd.Function):
-    """Output ``y``; backward folds ``grad`` through the exact window multipliers."""
-
-    @staticmethod
-    def forward(ctx, x, y, mult, geom):
-        ctx.save_for_backward(mult)
-        ctx.geom = geom
-        return y.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        (mult,) = ctx.saved_tensors
-        return mp.fold_multipliers(grad, mult, ctx.geom), None, None, None
+#: functional ReLUs (from the taxonomy): run outside a ReLU module they would miss the rule
+_RELU_FUNCS = set(taxonomy.ACTIVATIONS[0].functions)
 
 
 class _ModifiedRelu(torch.autograd.Function):
@@ -118,32 +47,6 @@ class _ModifiedRelu(torch.autograd.Function):
         if ctx.deconv:
             return grad.clamp_min(0), None, None, None
         return grad.clamp_min(0) * mask, None, None, None
-
-
-def _local_derivative(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """d module(x) / dx elementwise (the module's own forward, without hooks)."""
-    if type(module) is nn.ReLU:
-        return (x > 0).to(x.dtype)
-    with torch.enable_grad():
-        xx = x.detach().requires_grad_(True)
-        yy = type(module).forward(module, xx)
-        return torch.autograd.grad(yy.sum(), xx)[0]
-
-
-def _pool_geometry(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> mp.PoolGeometry:
-    size, out = tuple(x.shape[-2:]), tuple(y.shape[-2:])
-    if x.dim() != 4:
-        raise InputError(f"max pool rule: expected a 4-d input, got {tuple(x.shape)}")
-    if isinstance(module, nn.AdaptiveMaxPool2d):
-        geom = mp.adaptive_geometry(size, module.output_size)
-    else:
-        if module.return_indices:
-            raise InputError("max pool rule: return_indices=True is not supported")
-        geom = mp.pool_geometry(
-            size, out, module.kernel_size, module.stride, module.padding, module.dilation
-        )
-    mp.check_window_count(geom)
-    return geom
 
 
 class RuleState:
@@ -173,35 +76,37 @@ class _Audit(TorchFunctionMode):
 
 
 class RuleHooks:
-    """Rules of one kind (``"deeplift"``, ``"guided"``, ``"deconv"``) on a prepared model.
+    """Rules of one kind (``"guided"``, ``"deconv"``; ``"deeplift"``: see the module docstring)
+    on a prepared model.
 
-    Use as a context manager; inside it, run ``with rules.reference(): model(refs)`` (DeepLIFT
-    only) and ``with rules.main(): model(inputs)``. ``audit=False`` skips the check for
-    functional non-linearities (tests that demonstrate what goes wrong without surgery).
+    Use as a context manager; inside it, run ``with rules.main(): model(inputs)``.
+    ``audit=False`` skips the check for functional ReLUs (tests that demonstrate what goes wrong
+    without surgery).
     """
 
+    def __new__(cls, model: nn.Module, kind: str, **kwargs):
+        if kind == "deeplift" and cls is RuleHooks:
+            from xraylens.attr._dl_mode import DeepLiftRules
+
+            return DeepLiftRules(model, kind, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, model: nn.Module, kind: str, *, eps: float = 1e-10, audit: bool = True):
-        if kind not in ("deeplift", "guided", "deconv"):
+        if kind not in ("guided", "deconv"):
             raise InputError(f"unknown rule kind {kind!r}")
         self.model, self.kind, self.eps, self.audit = model, kind, eps, audit
         self.state = RuleState()
         self.phase: str | None = None
-        self.records: dict[nn.Module, torch.Tensor] = {}
         self.called: set[nn.Module] = set()
         self.depth = 0
         self.stack: list[str] = []
-        self.audited = _NONLINEAR_FUNCS if kind == "deeplift" else _RELU_FUNCS
+        self.audited = _RELU_FUNCS
         self._handles: list = []
         self._names = {m: n for n, m in model.named_modules()}
 
-    def _ruled(self, m: nn.Module) -> bool:
-        if self.kind == "deeplift":
-            return type(m) in ACTIVATION_TYPES + MAXPOOL_TYPES
-        return type(m) is nn.ReLU
-
     def __enter__(self) -> RuleHooks:
         for m in self.model.modules():
-            if self._ruled(m):
+            if type(m) is nn.ReLU:
                 self._handles.append(m.register_forward_pre_hook(self._pre))
                 self._handles.append(m.register_forward_hook(self._post))
             elif self.audit:
@@ -213,25 +118,16 @@ class RuleHooks:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        self.records.clear()
 
     @contextlib.contextmanager
-    def _phase(self, phase: str, audit: bool) -> Iterator[None]:
-        self.phase, self.called, self.depth, self.stack = phase, set(), 0, []
+    def main(self) -> Iterator[None]:
+        """The pass whose backward carries the rules (audited for functional ReLUs)."""
+        self.phase, self.called, self.depth, self.stack = "main", set(), 0, []
         try:
-            with _Audit(self) if (audit and self.audit) else contextlib.nullcontext():
+            with _Audit(self) if self.audit else contextlib.nullcontext():
                 yield
         finally:
             self.phase = None
-
-    def reference(self) -> contextlib.AbstractContextManager:
-        """DeepLIFT's reference pass: record the baselines' inputs of every non-linearity."""
-        self.records.clear()
-        return self._phase("reference", audit=True)
-
-    def main(self) -> contextlib.AbstractContextManager:
-        """The pass whose backward carries the rules (guided/deconv audit it too)."""
-        return self._phase("main", audit=self.kind != "deeplift")
 
     # hooks ---------------------------------------------------------------------------
     def _enter(self, module, args) -> None:
@@ -259,29 +155,4 @@ class RuleHooks:
         if self.phase is None:
             return None
         self.depth -= 1
-        x = args[0]
-        if self.kind != "deeplift":
-            return _ModifiedRelu.apply(x, output.detach(), self.state, self.kind == "deconv")
-        if self.phase == "reference":
-            self.records[module] = x.detach()
-            return None
-        x0 = self.records.pop(module, None)
-        if x0 is None or x0.shape != x.shape:
-            raise InputError(
-                f"deeplift: module {self._names.get(module)!r} saw no matching reference input"
-            )
-        with torch.no_grad():
-            xd = x.detach()
-            if type(module) in MAXPOOL_TYPES:
-                geom = _pool_geometry(module, xd, output)
-                mult = mp.window_multipliers(xd, x0, geom, self.eps)
-            else:
-                dx = xd - x0
-                dy = output.detach() - type(module).forward(module, x0)
-                small = dx.abs() < self.eps
-                mult = dy / torch.where(small, torch.ones_like(dx), dx)
-                if bool(small.any()):
-                    mult = torch.where(small, _local_derivative(module, xd), mult)
-        if type(module) in MAXPOOL_TYPES:
-            return _PoolRule.apply(x, output.detach(), mult, geom)
-        return _Multiply.apply(x, output.detach(), mult)
+        return _ModifiedRelu.apply(args[0], output.detach(), self.state, self.kind == "deconv")

@@ -8,7 +8,7 @@ explains.
 - ``"mean_logits"``: ``Σ_i w_i z_i`` (the weighted mean of the members' logits ``z_i``);
 - ``"mean_probs"``: ``logit(Σ_i w_i sigmoid(z_i))``, so that ``predict_proba`` is the weighted
   mean of the members' probabilities. Each sigmoid is its own ``nn.Sigmoid`` module and the
-  logit a :class:`~xraylens.surgery.steps.Logit` module: DeepLIFT applies its rescale rule to
+  logit a :class:`Logit` module: DeepLIFT applies its rescale rule to
   both and stays exact (summation to delta) for ``output="logits"`` and ``output="probs"``.
 
 Because the ensemble is one module, every attributor explains it from one call (one forward
@@ -26,9 +26,19 @@ from torch import nn
 
 from xraylens.core.classifier import Classifier, InputNormalize, eval_mode
 from xraylens.errors import InputError
-from xraylens.surgery.steps import Logit
 
 COMBINES = ("mean_logits", "mean_probs")
+
+
+class Logit(nn.Module):
+    """``log(p / (1 - p))`` elementwise, ``p`` clamped into the dtype's open unit interval
+    (the ``"mean_probs"`` output). DeepLIFT sees its clamp, log and log1p calls and applies the
+    rescale rule to each, so the ensemble stays exact."""
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        info = torch.finfo(p.dtype)
+        p = p.clamp(info.tiny, 1.0 - info.eps)
+        return torch.log(p) - torch.log1p(-p)
 
 
 class EnsembleModule(nn.Module):

@@ -1,12 +1,14 @@
 """Model surgery: small, reversible, composable changes that make attribution rules exact.
 
-DeepLIFT (and guided backprop) attach their rules to non-linearity *modules*. Real models hide
-non-linearities from them: in-place activations, one ReLU module called twice (torchvision
-ResNet blocks), functional ``F.relu`` / ``F.max_pool2d`` calls (torchvision DenseNet and
-InceptionV3). The steps here fix that on a model (the attributors always pass a deep copy):
+Guided backprop and deconvolution attach their rules to ReLU *modules* (DeepLIFT's rules see
+every function call, :mod:`xraylens.attr._dl_mode`, and need only the speed-ups; what is ruled
+comes from :mod:`xraylens.surgery.taxonomy`). Real models hide non-linearities from them:
+in-place activations, one ReLU module called twice (torchvision ResNet blocks), functional
+``F.relu`` / ``F.max_pool2d`` calls (torchvision DenseNet and InceptionV3). The steps here fix
+that on a model (the attributors always pass a deep copy):
 
 >>> from xraylens.surgery import Surgery
->>> surgery = Surgery("deeplift")      # or a list of step names
+>>> surgery = Surgery("guided")        # or a list of step names
 >>> surgery.apply(model_copy)          # in place
 >>> surgery.remove()                   # back to the original structure
 
@@ -16,6 +18,7 @@ Max pooling additionally needs an exact DeepLIFT rule (:mod:`xraylens.surgery.ma
 
 from xraylens.surgery import batchnorm as _batchnorm  # noqa: F401  (registers its step)
 from xraylens.surgery import modularize as _modularize  # noqa: F401  (registers its steps)
+from xraylens.surgery import taxonomy
 from xraylens.surgery.maxpool import (
     PoolGeometry,
     adaptive_geometry,
@@ -56,5 +59,6 @@ __all__ = [
     "pool_geometry",
     "register_step",
     "snapshot",
+    "taxonomy",
     "window_multipliers",
 ]

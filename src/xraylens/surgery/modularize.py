@@ -40,9 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from xraylens.errors import InputError
+from xraylens.surgery import taxonomy
 from xraylens.surgery.steps import RULED_TYPES, Step, register_step
 
-# functional non-linearity -> (module factory from the call's constant arguments)
+# functional non-linearity (function or Tensor method name) -> (kind, module factory from the
+# call's constant arguments); derived from the taxonomy's activations
 _ELEMENTWISE: dict[Any, tuple[str, Callable[..., nn.Module]]] = {}
 
 
@@ -51,40 +53,8 @@ def _reg(fns, name: str, factory: Callable[..., nn.Module]) -> None:
         _ELEMENTWISE[fn] = (name, factory)
 
 
-def _drop_inplace(factory):
-    def make(*args, inplace=False, **kwargs):
-        return factory(*args, **kwargs)
-
-    return make
-
-
-_reg(
-    [F.relu, torch.relu, F.relu_, torch.relu_, "relu", "relu_"],
-    "relu",
-    _drop_inplace(lambda: nn.ReLU()),
-)
-_reg([F.relu6], "relu6", _drop_inplace(lambda: nn.ReLU6()))
-_reg([torch.sigmoid, F.sigmoid, "sigmoid", "sigmoid_"], "sigmoid", lambda: nn.Sigmoid())
-_reg([torch.tanh, F.tanh, "tanh", "tanh_"], "tanh", lambda: nn.Tanh())
-_reg([F.elu], "elu", _drop_inplace(lambda alpha=1.0: nn.ELU(alpha)))
-_reg([F.selu, torch.selu], "selu", _drop_inplace(lambda: nn.SELU()))
-_reg([F.celu], "celu", _drop_inplace(lambda alpha=1.0: nn.CELU(alpha)))
-_reg([F.gelu], "gelu", lambda approximate="none": nn.GELU(approximate))
-_reg([F.silu], "silu", _drop_inplace(lambda: nn.SiLU()))
-_reg([F.mish], "mish", _drop_inplace(lambda: nn.Mish()))
-_reg([F.softplus], "softplus", lambda beta=1.0, threshold=20.0: nn.Softplus(beta, threshold))
-_reg(
-    [F.leaky_relu],
-    "leaky_relu",
-    _drop_inplace(lambda negative_slope=0.01: nn.LeakyReLU(negative_slope)),
-)
-_reg(
-    [F.hardtanh],
-    "hardtanh",
-    _drop_inplace(lambda min_val=-1.0, max_val=1.0: nn.Hardtanh(min_val, max_val)),
-)
-_reg([F.hardswish], "hardswish", _drop_inplace(lambda: nn.Hardswish()))
-_reg([F.hardsigmoid], "hardsigmoid", _drop_inplace(lambda: nn.Hardsigmoid()))
+for _act in taxonomy.ACTIVATIONS:
+    _reg(_act.functions + _act.methods, _act.functions[0].__name__, _act.factory)
 
 
 def _max_pool(
@@ -106,9 +76,9 @@ def _adaptive_max_pool(output_size, return_indices=False):
 _reg([F.max_pool2d, torch.max_pool2d], "max_pool2d", _max_pool)
 _reg([F.adaptive_max_pool2d], "adaptive_max_pool2d", _adaptive_max_pool)
 
+_TOKENS = {k if isinstance(k, str) else k.__name__ for k in _ELEMENTWISE}
 _CALL_TOKEN = re.compile(
-    r"(?<!self)\.(relu_?|relu6|sigmoid_?|tanh_?|elu|selu|celu|gelu|silu|mish|softplus|"
-    r"leaky_relu|hardtanh|hardswish|hardsigmoid|max_pool2d|adaptive_max_pool2d)\s*\("
+    r"(?<!self)\.(" + "|".join(sorted(map(re.escape, _TOKENS), key=len, reverse=True)) + r")\s*\("
 )
 
 
@@ -387,10 +357,7 @@ class FunctionalToModules(_GraphRewrite):
             source = node.args[0]
             node.op, node.target = "call_module", name
             node.args, node.kwargs = (source,), {}
-            if (
-                kwargs.get("inplace")
-                or (isinstance(key, str) and key.endswith("_"))
-                or key in (F.relu_, torch.relu_)
-            ):
+            key_name = key if isinstance(key, str) else getattr(key, "__name__", "")
+            if kwargs.get("inplace") or key_name.endswith("_"):
                 _redirect_later_uses(graph, source, node)
         return new

@@ -36,46 +36,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from xraylens.errors import InputError
+from xraylens.surgery import taxonomy
 
-
-class Logit(nn.Module):
-    """``log(p / (1 - p))`` elementwise, ``p`` clamped into the dtype's open unit interval
-    (``xl.Ensemble``'s ``"mean_probs"`` output). Listed in :data:`ACTIVATION_TYPES` so that
-    DeepLIFT applies its rescale rule here instead of treating it as linear."""
-
-    def forward(self, p: torch.Tensor) -> torch.Tensor:
-        info = torch.finfo(p.dtype)
-        p = p.clamp(info.tiny, 1.0 - info.eps)
-        return torch.log(p) - torch.log1p(-p)
-
-
-#: Elementwise activation modules: DeepLIFT's rescale rule applies to each of them.
-ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Softplus,
-    nn.Hardtanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    Logit,
-)
-#: Max pooling modules: the exact rule of :mod:`xraylens.surgery.maxpool` applies.
-MAXPOOL_TYPES: tuple[type[nn.Module], ...] = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
-#: Modules that need a DeepLIFT rule (non-linear); everything else is treated as linear.
+#: Elementwise activation modules and max pooling modules (from the taxonomy).
+ACTIVATION_TYPES = taxonomy.ACTIVATION_TYPES
+MAXPOOL_TYPES = taxonomy.MAXPOOL_TYPES
+#: Non-linearity modules that surgery makes distinct and non-in-place (guided backprop hooks
+#: the ReLUs among them).
 RULED_TYPES = ACTIVATION_TYPES + MAXPOOL_TYPES
 
 
 def is_ruled(module: nn.Module) -> bool:
-    """Whether ``module`` is a non-linearity that DeepLIFT / guided backprop hooks handle."""
+    """Whether ``module`` is an elementwise activation or max pooling (taxonomy)."""
     return type(module) in RULED_TYPES
 
 
@@ -182,8 +154,9 @@ _STRUCTURAL = (
 
 #: Named step sequences used by the attributors.
 PIPELINES: dict[str, tuple[str, ...]] = {
-    # DeepLIFT / DeepLiftShap: rules hook every non-linearity module.
-    "deeplift": _STRUCTURAL,
+    # DeepLIFT / DeepLiftShap: the rules see every function call (attr._dl_mode), so only
+    # the speed-ups.
+    "deeplift": ("merge_batchnorm", "fast_input_grad"),
     # Guided backprop, deconvolution, guided Grad-CAM: rules hook every ReLU module.
     "guided": _STRUCTURAL,
     # Plain gradients: only the speed-ups.
