@@ -182,7 +182,7 @@ class Occlusion(PerturbationAttributor):
             base = baseline[image] if baseline.shape[0] > 1 else baseline
             return torch.where(inside, base, ctx.x[image])
 
-        diffs = ref.cpu()[:, None] - ctx.scores(len(grid), occluded)  # [n, K, L]
+        diffs = ref.cpu()[:, None] - torch.stack(ctx.scores(len(grid), occluded))  # [n, K, L]
         rows = diffs[ctx.pair_image, :, ctx.pair_label]  # [P, K]
         out = torch.empty((len(rows), height, width), dtype=torch.float32)
         step = 16  # pairs averaged at once: bounds the float64 temporaries
@@ -193,4 +193,10 @@ class Occlusion(PerturbationAttributor):
 
 @hookimpl
 def register_attributors(register):
-    register("occlusion", Occlusion)
+    """Occlusion and the other perturbation methods (one plugin: they share the base)."""
+    from xraylens.attr.feature_ablation import FeatureAblation
+    from xraylens.attr.kernel_shap import KernelShap
+    from xraylens.attr.lime import Lime
+
+    for cls in (Occlusion, FeatureAblation, Lime, KernelShap):
+        register(cls.name, cls)

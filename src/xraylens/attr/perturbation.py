@@ -104,37 +104,40 @@ class Perturbation:
 
     def scores(
         self,
-        n_samples: int | torch.Tensor,
+        n_samples: int | list[int],
         make: MakeBatch,
         *,
         reduce: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object] | None = None,
-    ) -> torch.Tensor | list:
-        """Scores of ``S`` perturbed copies of every image: float64 CPU [n, S, L].
+    ) -> list[torch.Tensor]:
+        """Scores of ``S_i`` perturbed copies of each image ``i``: float64 CPU [S_i, L] each.
 
-        Items are (image, sample) in image-major order; ``make(image, sample)`` builds a chunk
-        of them ([B] positions into ``x``, [B] sample numbers) as inputs [B, C, H, W]. With
-        ``reduce(image, sample, scores)`` the chunk's scores [B, L] (on the device) are handed
-        to it instead of being stored, and the list of its results is returned (RISE sums maps
-        on the fly instead of keeping every mask).
+        ``n_samples``: one count for every image, or one per image. Items are (image, sample)
+        in image-major order; ``make(image, sample)`` builds a chunk of them ([B] positions
+        into ``x``, [B] sample numbers, on ``x``'s device) as inputs [B, C, H, W]. Chunks may
+        straddle images. With ``reduce(image, sample, scores)`` each chunk's scores [B, L] (on
+        the device) are handed to it instead of being kept, and an empty list is returned
+        (RISE sums its maps on the fly instead of keeping every mask).
         """
         name = self.attributor.name
         n_images = len(self.x)
-        per_image = int(n_samples)
-        total = n_images * per_image
-        chunk = self.plan(total, f"{name} perturbations")
+        counts = [int(n_samples)] * n_images if isinstance(n_samples, int) else list(n_samples)
+        offsets = torch.tensor([0, *counts]).cumsum(0)
+        total = int(offsets[-1])
+        chunk = self.plan(max(total, 1), f"{name} perturbations")
+        starts = offsets[1:-1].to(self.device)
 
         def run(start: int, stop: int):
             item = torch.arange(start, stop, device=self.device)
-            image, sample = item // per_image, item % per_image
+            image = torch.searchsorted(starts, item, right=True)
+            sample = item - offsets.to(self.device)[image]
             out = self.forward(make(image, sample))
             return out.cpu() if reduce is None else reduce(image, sample, out)
 
         parts = self.engine.map_chunks(run, total, chunk=chunk, desc=name)
         if reduce is not None:
-            return parts
-        if not parts:
-            return torch.zeros((n_images, 0, self.clf.num_classes), dtype=torch.float64)
-        return torch.cat(parts).reshape(n_images, per_image, -1)
+            return []
+        flat = torch.cat(parts) if parts else torch.zeros((0, self.clf.num_classes))
+        return list(flat.double().split(counts))
 
     def baseline(self, value) -> torch.Tensor:
         """A ``baseline`` parameter as a tensor [1 or n, C, H, W] aligned with ``x``."""
