@@ -197,6 +197,8 @@ def register_attributors(register):
     from xraylens.attr.feature_ablation import FeatureAblation
     from xraylens.attr.kernel_shap import KernelShap
     from xraylens.attr.lime import Lime
+    from xraylens.attr.rise import Rise
+    from xraylens.attr.score_cam import ScoreCam
 
-    for cls in (Occlusion, FeatureAblation, Lime, KernelShap):
+    for cls in (Occlusion, FeatureAblation, Lime, KernelShap, Rise, ScoreCam):
         register(cls.name, cls)
