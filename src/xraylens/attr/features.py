@@ -158,6 +158,9 @@ def segment(x: torch.Tensor, config: FeatureConfig | None = None, **params) -> t
     region = None
     if config.region is not None:
         region = _per_image(config.region, n, (height, width), "region")
+        empty = [i for i in range(n) if not region[i].any()]
+        if empty:
+            raise InputError(f"region is empty for image(s) {empty}: no feature to perturb")
     if isinstance(config.features, torch.Tensor):
         raw = _per_image(config.features, n, (height, width), "features mask").clone()
         if region is not None:
