@@ -44,8 +44,8 @@ class FeatureAblation(PerturbationAttributor):
             base = baseline[image] if baseline.shape[0] > 1 else baseline
             return torch.where(inside, base, ctx.x[image])
 
-        scores = ctx.scores(counts, ablated)
         ref = ctx.reference().cpu()
+        scores = ctx.scores(counts, ablated)
         out = torch.zeros((len(ctx.pair_image), *ids.shape[1:]), dtype=torch.float64)
         for i in range(len(ids)):
             pairs = torch.nonzero(ctx.pair_image == i).flatten()
