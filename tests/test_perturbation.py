@@ -73,8 +73,8 @@ def test_region_and_user_masks():
 
 def test_paint_and_keep_pixels():
     ids = torch.tensor([[[0, 1], [-1, 2]]])
-    assert features.paint(ids, torch.tensor([[1.0, 2.0, 3.0]])).tolist() == [[[1.0, 2.0],
-                                                                              [0.0, 3.0]]]  # fmt: skip
+    painted = features.paint(ids, torch.tensor([[1.0, 2.0, 3.0]]))
+    assert painted.tolist() == [[[1.0, 2.0], [0.0, 3.0]]]
     keep = features.keep_pixels(ids, torch.tensor([[False, True, False]]))
     assert keep[0, 0].tolist() == [[False, True], [True, False]]  # id -1 is always kept
 
