@@ -125,6 +125,7 @@ def main(argv=None) -> dict:
     with torch.inference_mode():  # warm-up: library initialisation is nobody's cost
         clf.forward_module()(x.expand(4, -1, -1, -1).contiguous())
     import sklearn.linear_model  # noqa: F401  (imported by both LIMEs on first use)
+
     rows: list[dict] = []
     errors: dict[str, float] = {}
     skip = set(args.skip.split(","))
