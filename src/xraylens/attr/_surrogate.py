@@ -46,7 +46,13 @@ def fit(
         raise InputError(f"surrogate must be one of {list(SURROGATES)}, got {surrogate!r}")
     z, y, w = z.double().cpu(), y.double().cpu(), w.double().cpu()
     if surrogate == "lasso":
-        from sklearn.linear_model import Lasso
+        try:
+            from sklearn.linear_model import Lasso
+        except ImportError as exc:  # a dependency of xraylens; only a broken install lacks it
+            raise InputError(
+                "the lasso surrogate needs scikit-learn (pip install scikit-learn), or use "
+                "surrogate='ridge' / 'linear' (xraylens.attr._surrogate)"
+            ) from exc
 
         model = Lasso(alpha=alpha)
         # float32 in, like Captum's sklearn_train_linear_model, so that the results agree
