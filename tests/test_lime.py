@@ -151,6 +151,21 @@ def test_feature_ablation_matches_captum_with_baselines():
         torch.testing.assert_close(res.values[:, t], expected, **TOL)
 
 
+def test_per_image_masks_follow_the_images_with_targets():
+    """Image 1 has no target: the per-image masks of images 0 and 2 must still be theirs."""
+    module, x = net(), torch.rand(3, 1, 12, 12)
+    ids = torch.stack([grid_mask(4), grid_mask(9), grid_mask(16)])
+    region = torch.ones(3, 12, 12, dtype=torch.bool)
+    region[2, :6] = False
+    targets = torch.tensor([[1, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 1, 0, 0]])
+    att = xl.get_attributor("feature_ablation", features=ids, region=region)
+    res = att.attribute(clf_of(module), x, targets)
+    full = att.attribute(clf_of(module), x, "all")
+    torch.testing.assert_close(res.values[0, 0], full.values[0, 0])
+    torch.testing.assert_close(res.values[2, 0], full.values[2, 2])
+    assert (res.values[2, 0, 0, :6] == 0).all() and len(torch.unique(res.values[0, 0])) <= 4
+
+
 def test_rgb_input_and_a_model_from_torchvision():
     from torchvision.models import resnet18
 
@@ -241,6 +256,7 @@ def test_bad_parameters(params, match):
         ("lime", {"region": torch.zeros(12, 12, dtype=torch.bool)}, "no feature"),
         ("lime", {"features": "grid", "samples": torch.ones(4, 3)}, "samples have 3"),
         ("kernel_shap", {"features": torch.zeros(12, 12, dtype=torch.long)}, "2 features"),
+        ("kernel_shap", {"features": "grid", "n_samples": 1}, "n_samples >= 2"),
         ("feature_ablation", {"baseline": torch.zeros(3, 1, 12, 12)}, "baseline"),
     ],
 )

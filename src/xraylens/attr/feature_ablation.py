@@ -35,7 +35,8 @@ class FeatureAblation(PerturbationAttributor):
     Config = FeatureAblationConfig
 
     def pair_maps(self, ctx: Perturbation) -> torch.Tensor:
-        ids = features.segment(ctx.x, self.config).to(ctx.device)  # [n, H, W]
+        ids = features.segment(ctx.x, self.config, index=ctx.index, batch_size=ctx.batch_size)
+        ids = ids.to(ctx.device)  # [n, H, W]
         counts = features.count(ids)
         baseline = ctx.baseline(self.config.baseline)
 

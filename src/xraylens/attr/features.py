@@ -99,8 +99,9 @@ class FeatureConfig:
     region: torch.Tensor | None = attrs.field(default=None, converter=_region)
 
 
-def _per_image(mask: torch.Tensor, n: int, shape, name: str) -> torch.Tensor:
-    """A [H, W] or [N, H, W] mask as [N, H, W], checked against the batch."""
+def _per_image(mask: torch.Tensor, n: int, shape, name: str, index=None) -> torch.Tensor:
+    """A [H, W] or [N, H, W] mask as [len(index), H, W] (the images ``index`` of a batch of
+    ``n``; None: all), checked against the batch."""
     if mask.dim() == 2:
         mask = mask[None].expand(n, -1, -1)
     if tuple(mask.shape) != (n, *shape):
@@ -108,7 +109,7 @@ def _per_image(mask: torch.Tensor, n: int, shape, name: str) -> torch.Tensor:
             f"{name} of shape {tuple(mask.shape)} does not fit the input: needs [H, W] = "
             f"{list(shape)} or [N, H, W] = {[n, *shape]}"
         )
-    return mask
+    return mask if index is None else mask[index]
 
 
 def _superpixels(image: np.ndarray, method: str, n_features: int, params: dict, region):
@@ -152,19 +153,32 @@ def renumber(ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     return out, len(values)
 
 
-def segment(x: torch.Tensor, config: FeatureConfig | None = None, **params) -> torch.Tensor:
-    """Feature ids int64 [N, H, W] (``0 .. F_i-1``; ``-1``: never perturbed) for images
-    ``x`` [N, C, H, W] in [0, 1]; ``params`` are :class:`FeatureConfig` fields."""
+def segment(
+    x: torch.Tensor,
+    config: FeatureConfig | None = None,
+    *,
+    index: torch.Tensor | None = None,
+    batch_size: int | None = None,
+    **params,
+) -> torch.Tensor:
+    """Feature ids int64 [n, H, W] (``0 .. F_i-1``; ``-1``: never perturbed) for images
+    ``x`` [n, C, H, W] in [0, 1]; ``params`` are :class:`FeatureConfig` fields.
+
+    ``index`` [n]: the positions of ``x``'s images in a batch of ``batch_size`` (per-image
+    masks and regions [N, H, W] are indexed by it); None: ``x`` is the whole batch.
+    """
     config = attrs.evolve(config or FeatureConfig(), **params)
     n, _c, height, width = x.shape
+    total = n if index is None else int(batch_size)
+    pick = None if index is None else index.cpu()
     region = None
     if config.region is not None:
-        region = _per_image(config.region, n, (height, width), "region")
+        region = _per_image(config.region, total, (height, width), "region", pick)
         empty = [i for i in range(n) if not region[i].any()]
         if empty:
             raise InputError(f"region is empty for image(s) {empty}: no feature to perturb")
     if isinstance(config.features, torch.Tensor):
-        raw = _per_image(config.features, n, (height, width), "features mask").clone()
+        raw = _per_image(config.features, total, (height, width), "features mask", pick).clone()
         if region is not None:
             raw[~region] = -1
     elif config.features == "grid":

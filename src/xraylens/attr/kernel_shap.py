@@ -44,6 +44,8 @@ class KernelShap(SurrogateAttributor):
                 "use more features or a larger region"
             )
         s = self.config.n_samples
+        if s < 2:
+            raise InputError("kernel_shap needs n_samples >= 2 (the two end points)")
         k = torch.arange(1, n_features, dtype=torch.float64)
         probs = (n_features - 1) / (k * (n_features - k))
         size = 1 + torch.multinomial(probs, max(s - 2, 1), replacement=True, generator=generator)
