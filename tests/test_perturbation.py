@@ -161,3 +161,24 @@ def test_progress_bars_on_long_runs(capsys):
 def test_rise_bad_parameters(params, match):
     with pytest.raises(InputError, match=match):
         xl.get_attributor("rise", **params)
+
+
+def test_lime_inside_the_lungs_of_a_real_x_ray(shared_data):
+    """A real chest X-ray and its human-drawn lung mask: only lung pixels are features."""
+    import torch.nn.functional as F
+
+    from xraylens.data.io import read_image, read_mask
+
+    masks = sorted((shared_data / "lung-masks" / "covid-chestxray").glob("*.png"))
+    images = {p.stem: p for p in (shared_data / "covid-chestxray" / "images").iterdir()}
+    stem = next(m.stem for m in masks if m.stem in images)
+    image = torch.from_numpy(read_image(images[stem]))[None, None].float()
+    lungs = torch.from_numpy(read_mask(masks[[m.stem for m in masks].index(stem)]))
+    x = F.interpolate(image / image.amax(), size=(64, 64), mode="area")
+    region = F.interpolate(lungs[None, None].float(), size=(64, 64), mode="nearest")[0, 0] > 0
+    ids = features.segment(x, n_features=30, region=region)[0]
+    assert torch.equal(ids >= 0, region) and 10 <= int(ids.max()) + 1 <= 60
+    clf = xl.get_classifier("resnet18", weights=None)
+    res = xl.get_attributor("lime", n_features=30, n_samples=20, region=region, alpha=1e-4)
+    values = res.attribute(clf, x, ["COVID-19"]).values[0, 0, 0]
+    assert (values[~region] == 0).all() and (values[region] != 0).any()
