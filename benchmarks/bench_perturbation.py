@@ -67,6 +67,7 @@ def bench_surrogate(name, cls, clf, x, labels, args, rows, errors):
                                          n_samples=len(z), baselines=0.0,
                                          perturbations_per_eval=chunk))  # fmt: skip
 
+    print(f"{name}: xraylens {t_ours:.1f} s ({n_features} features); Captum loop ...", flush=True)
     t_captum, _ = best_time(captum_loop, 1, x.device)
     ours = att.attribute(clf, x, labels).values[0]
     scale = max(float(torch.stack(maps).abs().max()), 1e-12)
@@ -95,6 +96,7 @@ def bench_score_cam(clf, x, labels, args, rows, errors):
         for t in timed:
             maps.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(t)])[0])
 
+    print(f"score_cam: xraylens {t_ours:.1f} s; pytorch-grad-cam ...", flush=True)
     t_ref, _ = best_time(grad_cam_loop, 1, x.device)
     t_ref_all = t_ref * len(labels) / len(timed)
     err = 0.0
