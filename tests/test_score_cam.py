@@ -94,3 +94,26 @@ def test_bad_layer_and_parameters():
         xl.get_attributor("score_cam", max_channels=0)
     with pytest.raises(InputError, match="interpolate"):
         xl.get_attributor("score_cam", interpolate="cubic")
+
+
+def test_out_of_memory_back_off(caplog):
+    import logging
+
+    class OOMAbove(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            if x.shape[0] > 3:
+                raise torch.OutOfMemoryError(f"simulated: batch {x.shape[0]}")
+            return self.inner(x)
+
+    x = torch.rand(2, 1, 16, 16)
+    plain = xl.Classifier(net(), LABELS, min_input_size=4, cam_layer="3")
+    expected = xl.get_attributor("score_cam").attribute(plain, x).values
+    flaky = xl.Classifier(OOMAbove(net()), LABELS, min_input_size=4, cam_layer="inner.3")
+    with caplog.at_level(logging.WARNING, logger="xraylens.engine"):
+        got = xl.get_attributor("score_cam").attribute(flaky, x).values
+    torch.testing.assert_close(got, expected)
+    assert any("out of memory" in r.getMessage() for r in caplog.records)
