@@ -29,6 +29,10 @@ CHEAP = {
     "rise": {"n_masks": 8, "grid": 2},
     "score_cam": {"max_channels": 4},
 }
+#: methods whose map of a 1 x 1 layer (resnet18's layer4 at 32 px) is identically 0
+ZERO_ON_ONE_PIXEL = {"eigen_cam"}
+#: methods whose map does not depend on the model's output (the activations' PCA)
+OUTPUT_FREE = {"eigen_cam"}
 
 
 def _attributor(method: str, **extra) -> xl.Attributor:
@@ -59,7 +63,8 @@ def test_float64_model_gives_float32_values(method):
     clf = backbone("resnet18", torch.float64)
     res = _attributor(method).attribute(clf, tiny_input(clf, n=2), [0, 2])
     assert res.values.dtype == torch.float32 and res.values.device.type == "cpu"
-    assert torch.isfinite(res.values).all() and res.values.abs().sum() > 0
+    assert torch.isfinite(res.values).all()
+    assert method in ZERO_ON_ONE_PIXEL or res.values.abs().sum() > 0
     assert res.delta is None or res.delta.shape == (2, 2)
 
 
@@ -124,6 +129,8 @@ def test_out_of_memory_retry_counts_every_chunk_once(method, monkeypatch):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_probability_output(method):
+    if method in OUTPUT_FREE:
+        pytest.skip(f"{method} does not use the output: logits and probs give the same map")
     clf = small_classifier(dtype=torch.float64)
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     logits = _attributor(method).attribute(clf, x, [0])

@@ -76,3 +76,44 @@ def test_load_rejects_other_files(tmp_path):
     np.savez(tmp_path / "other.npz", values=np.zeros(3))
     with pytest.raises(xl.InputError, match="not an xraylens Attribution"):
         xl.Attribution.load(tmp_path / "other.npz")
+
+
+def test_repr_shows_shapes_and_labels_not_the_tensor():
+    res = xl.Attribution(
+        values=torch.randn(3, 2, 1, 64, 64),
+        labels=("COVID-19", "No Finding"),
+        delta=torch.zeros(3, 2),
+        method="deeplift",
+        model="resnet18",
+        probs=torch.rand(3, 4),
+        classes=("COVID-19", "No Finding", "ARDS", "SARS"),
+    )
+    text = repr(res)
+    assert text == (
+        "Attribution(method='deeplift', model='resnet18', values=[N=3, T=2, C=1, H=64, W=64], "
+        "labels=[COVID-19, No Finding], output='logits', delta=[3, 2], probs=[3, 4])"
+    )
+    assert "tensor(" not in str(res) and len(text) < 200
+    per_image = xl.Attribution(
+        values=torch.zeros(2, 2, 1, 8, 8),
+        labels=[("a",), ("a", "b")],
+        mask=torch.tensor([[True, False], [True, True]]),
+    )
+    assert "per-image (3 maps)" in repr(per_image)
+
+
+def test_probabilities_round_trip_and_are_checked(tmp_path):
+    probs = torch.tensor([[0.9, 0.1, 0.5]])
+    res = xl.Attribution(
+        values=torch.ones(1, 1, 1, 4, 4), labels=("b",), probs=probs, classes=("a", "b", "c")
+    )
+    back = xl.Attribution.load(res.save(tmp_path / "r.npz"))
+    torch.testing.assert_close(back.probs, probs)
+    assert back.classes == ("a", "b", "c") and back.prob(0, "a") == pytest.approx(0.9)
+    assert back.prob(0, "zzz") is None
+    with pytest.raises(xl.InputError, match="classes"):
+        xl.Attribution(values=torch.ones(1, 1, 1, 4, 4), labels=("b",), probs=probs)
+    with pytest.raises(xl.InputError, match="probs must be"):
+        xl.Attribution(
+            values=torch.ones(2, 1, 1, 4, 4), labels=("b",), probs=probs, classes=("a", "b", "c")
+        )

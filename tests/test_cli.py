@@ -200,7 +200,7 @@ def test_explain_glob_and_colliding_names(tmp_path, test_method, capsys):
     ("extra", "message"),
     [
         (["--method", "salincy"], "unknown attributor"),
-        (["--method", "{m}", "--labels", "Covid"], "no label 'Covid'"),
+        (["--method", "{m}", "--labels", "Covid"], "unknown label 'Covid'"),
         (["--method", "{m}", "-p", "steps=3"], "no chosen method has a parameter"),
         (["--method", "{m}", "-p", "{m}.scale"], "expected [METHOD.]KEY=VALUE"),
         (["--method", "{m}", "--preset", "nope"], "none of"),
@@ -219,6 +219,39 @@ def test_explain_usage_errors_are_one_line_exit_2(
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--threshold", "1.5"], "--threshold: must be in (0, 1)"),
+        (["--threshold", "0"], "--threshold: must be in (0, 1)"),
+        (["--clip", "100"], "--clip: must be in [0, 100)"),
+        (["--alpha", "2"], "--alpha: must be in [0, 1]"),
+        (["--sign", "both"], "--sign: invalid choice"),
+        (["--size", "16"], "--size 16: resnet18 needs at least 32 px"),
+        (["--labels", "covid19"], "did you mean ['COVID-19']"),
+    ],
+)
+def test_explain_bad_values_are_usage_errors(
+    extra, message, image_folder, tmp_path, test_method, capsys
+):
+    argv = ["explain", image_folder / "a.png", "--out", tmp_path / "out", "--method", test_method]
+    code, _, err = _run([*argv, *extra], capsys)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_explain_quiet_keeps_the_final_summary_and_labels_ignore_case(
+    image_folder, tmp_path, test_method, capsys
+):
+    argv = ["explain", image_folder / "a.png", "--out", tmp_path / "out", "--method", test_method]
+    code, out, err = _run([*argv, "--size", 32, "--labels", "covid-19,no finding", "-q"], capsys)
+    assert code == 0
+    assert out.splitlines() == [line for line in out.splitlines() if line.startswith("explain: 1")]
+    assert len(out.splitlines()) == 1 and "1 explained" in out and not err
+    res = xl.Attribution.load(tmp_path / "out" / "a" / f"{test_method}.npz")
+    assert res.labels == ("COVID-19", "No Finding")
 
 
 def test_explain_glob_without_match_is_a_usage_error(tmp_path, test_method, capsys):

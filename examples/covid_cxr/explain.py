@@ -78,12 +78,6 @@ def targets_of(probs: torch.Tensor, truth: torch.Tensor, labels, threshold: floa
     return [labels[i] for i in torch.nonzero(on).flatten().tolist()]
 
 
-def _draw(image: torch.Tensor, res: xl.Attribution, path: Path) -> None:
-    from xraylens import viz
-
-    viz.save_figure(viz.plot_attribution(image, res), path)
-
-
 def explain_image(
     run: Run,
     prep: Prepared,
@@ -93,17 +87,25 @@ def explain_image(
     attributors: dict[str, xl.Attributor],
 ) -> dict[str, Any]:
     """All outputs of one image (skipping those already written); ``info["written"]`` counts
-    the files written now."""
-    from xraylens import viz
+    the files written now. The maps go through :func:`xraylens.pipeline.explain_images`
+    (atomic, resumable per (image, method), probabilities in every ``.npz`` and PNG)."""
+    from xraylens import pipeline, viz
 
     p, d = run.profile, run.dist
     x, y = prep.store.batch([pos])
+    image_id = prep.store.ids[pos]
     info: dict[str, Any] = {
-        "id": prep.store.ids[pos],
+        "id": image_id,
         "truth": [prep.labels[i] for i in torch.nonzero(y[0] > 0.5).flatten().tolist()],
         "models": {},
     }
     written = 0
+
+    def counted(key: str, method: str) -> None:
+        nonlocal written
+        written += 2  # the .npz and its PNG
+        run.work_done("explain")
+
     for backbone, clf in models.items():
         probs = clf.predict_proba(x.to(d.device))[0].float().cpu()
         targets = targets_of(probs, y[0], prep.labels, p.threshold)
@@ -111,16 +113,19 @@ def explain_image(
             "targets": targets,
             "probs": {lab: round(float(v), 6) for lab, v in zip(prep.labels, probs)},
         }
-        for method, att in attributors.items():
-            npz = folder / backbone / f"{method}.npz"
-            png = npz.with_suffix(".png")
-            if npz.is_file() and png.is_file() and not run.force:
-                continue
-            res = att.attribute(clf, x.to(d.device), [targets], output=p.explain_output)
-            res.save(npz)
-            _draw(x[0], res, png)
-            written += 2
-            run.work_done("explain")
+        pipeline.explain_images(
+            clf,
+            attributors,
+            [pipeline.Item(key=f"{folder.name}/{backbone}", load=lambda: x[0], id=image_id)],
+            folder.parent,
+            targets=lambda _probs, _items, t=targets: [t],  # true or predicted, as above
+            output=p.explain_output,
+            batch_size=1,
+            force=run.force,
+            progress=False,
+            shard=pipeline.Shard(),  # this rank's images were chosen by the caller
+            on_map=counted,
+        )
     update_json(folder / "targets.json", info)  # a rerun leaves finished images untouched
     explained = []
     for backbone in models:

@@ -11,7 +11,7 @@ from typing import Any
 from xraylens import data
 from xraylens.core.attribution import Attribution
 from xraylens.core.attributor import Attributor
-from xraylens.core.classifier import Classifier
+from xraylens.core.classifier import Classifier, classifier_factory, eval_mode, set_registry_build
 from xraylens.core.engine import Engine
 from xraylens.core.profiler import Profiler
 from xraylens.errors import (
@@ -53,6 +53,9 @@ def get_classifier(name: str, **kwargs: Any) -> Classifier:
     return _create("classifier", name, kwargs)
 
 
+set_registry_build(get_classifier)  # Classifier.load(path) builds registered names
+
+
 def get_attributor(name: str, **kwargs: Any) -> Attributor:
     """Build the attributor ``name`` (e.g. ``"deeplift"``); kwargs are its parameters."""
     return _create("attributor", name, kwargs)
@@ -75,7 +78,9 @@ __all__ = [
     "UnknownPluginError",
     "WeightsError",
     "XraylensError",
+    "classifier_factory",
     "data",
+    "eval_mode",
     "get_attributor",
     "get_classifier",
     "get_profiler",

@@ -32,6 +32,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "xraylens.models.backbones",
     "xraylens.attr.occlusion",
     "xraylens.attr.plugin",
+    "xraylens.attr.cam_plugin",
     "xraylens.profile.nap",
 )
 

@@ -10,10 +10,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from xraylens.data.folders import IMAGE_SUFFIXES
 from xraylens.errors import XraylensError
-
-#: Suffixes of the image files picked up from folders (read by :func:`xraylens.data.read_image`).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 
 
 class UsageError(XraylensError):
@@ -106,13 +104,33 @@ def resolve_device(device: str | None) -> str | None:
     raise UsageError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
 
 
+def factory_kwargs(weights: str | None, device: str | None) -> dict[str, Any]:
+    """The keywords the CLI passes to a classifier factory (see :func:`load_classifier`)."""
+    kwargs: dict[str, Any] = {}
+    if weights is not None:
+        kwargs["weights"] = weights
+    if device not in (None, "cpu"):
+        kwargs["device"] = device
+    return kwargs
+
+
 def load_classifier(model: str, weights: str | None, device: str | None, *, quiet: bool = False):
-    """Build ``--model`` with ``--weights`` on ``--device``; random weights get a warning."""
+    """Build ``--model`` with ``--weights`` on ``--device``; random weights get a warning.
+
+    The plugin contract (``docs/plugins.md``): the factory is called with ``weights=`` only
+    when ``--weights`` is given and ``device=`` only when a device other than the default CPU
+    is chosen, and with nothing else.
+    """
     import xraylens as xl
     from xraylens.errors import UnknownPluginError
 
+    kwargs = factory_kwargs(weights, device)
+    if weights is None:  # random weights: the same in every run and every torchrun process
+        import torch
+
+        torch.manual_seed(0)
     try:
-        clf = xl.get_classifier(model, weights=weights, device=device)
+        clf = xl.get_classifier(model, **kwargs)
     except UnknownPluginError as exc:
         raise UsageError(f"--model: {exc}") from exc
     if weights is None and not quiet:

@@ -1,18 +1,20 @@
 """``xraylens explain``: attribution maps for image files, saved as ``.npz`` and PNG overlays.
 
 Outputs, for an input ``<key>`` (its path below the inputs' common folder, without suffix) and
-each method: ``OUT/<key>/<method>.npz`` (:meth:`xraylens.Attribution.save`, one image) and
-``OUT/<key>/<method>.png`` (the image and one overlay per label), plus ``OUT/summary.json``.
-Every file is written atomically, so a rerun skips what exists (``--force`` redoes it) and an
-interrupted run loses nothing already written. Unreadable images are reported, skipped and
-listed; the exit status is then 1.
+each method: ``OUT/<key>/<method>.npz`` (:meth:`xraylens.Attribution.save`, one image, with
+the model's probability of every label) and ``OUT/<key>/<method>.png`` (the image and one
+overlay per label, titled with the label's probability), plus ``OUT/summary.json`` (with every
+image's probabilities). Every file is written atomically as soon as its image is done, so a
+rerun skips what exists (``--force`` redoes it) and Ctrl-C loses at most the images in flight.
+Unreadable images are reported, skipped and listed; the exit status is then 1. Under
+``torchrun --nproc_per_node N`` the images are shared over N processes (same files).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +61,9 @@ def add_parser(sub, parents=()) -> argparse.ArgumentParser:
         help="'all', 'predicted' (probability >= --threshold, else the top label) or "
         "comma-separated label names (default: all)",
     )
-    p.add_argument("--threshold", type=float, default=0.5, help="for --labels predicted")
+    p.add_argument(
+        "--threshold", type=_probability, default=0.5, help="for --labels predicted, in (0, 1)"
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--size", type=int, help="input side in pixels (default: the model's)")
     p.add_argument("--output", choices=("logits", "probs"), default="logits")
@@ -75,17 +79,88 @@ def add_parser(sub, parents=()) -> argparse.ArgumentParser:
     p.add_argument("--max-memory", help="memory budget, e.g. 4GB (default: half the free)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--batch-size", type=int, default=4, help="images per attribution call")
-    p.add_argument(
-        "--sign",
-        choices=("positive", "absolute", "negative", "all"),
-        default="positive",
-        help="what the PNG overlays show (default: positive)",
-    )
+    _figure_flags(p)
     p.add_argument("--no-png", action="store_true", help="write only the .npz files")
     p.add_argument("--force", action="store_true", help="redo outputs that already exist")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress output (the final line stays)"
+    )
     p.set_defaults(func=run)
     return p
+
+
+def _probability(text: str) -> float:
+    """argparse type: a float strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value:g}")
+    return value
+
+
+def _percent(text: str) -> float:
+    """argparse type: a percentage in [0, 100)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
+    if not 0.0 <= value < 100.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 100), got {value:g}")
+    return value
+
+
+def _unit(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value:g}")
+    return value
+
+
+def _figure_flags(p: argparse.ArgumentParser) -> None:
+    """The PNG options; defaults from :data:`xraylens.viz.DEFAULTS` (as the demo and recipe)."""
+    from xraylens.viz.overlay import ALPHA_SCALINGS, DEFAULTS, SCALINGS, SIGNS
+
+    g = p.add_argument_group("figures")
+    g.add_argument(
+        "--sign",
+        choices=SIGNS,
+        default=DEFAULTS["sign"],
+        help=f"what the overlays show; signed (= all): diverging map (default: {DEFAULTS['sign']})",
+    )
+    g.add_argument(
+        "--clip",
+        type=_percent,
+        default=DEFAULTS["outlier_perc"],
+        metavar="PERCENT",
+        help="outlier clipping: the strongest PERCENT of the pixels saturate, 0: scale to the "
+        f"maximum (default: {DEFAULTS['outlier_perc']:g})",
+    )
+    g.add_argument(
+        "--scaling",
+        choices=SCALINGS,
+        default=DEFAULTS["scaling"],
+        help="clipping rule: percentile of |map|, Captum's cumulative-sum rule, or max "
+        f"(default: {DEFAULTS['scaling']})",
+    )
+    g.add_argument(
+        "--alpha", type=_unit, default=DEFAULTS["alpha"], help="overlay opacity (default: 0.7)"
+    )
+    g.add_argument(
+        "--alpha-scaling",
+        choices=ALPHA_SCALINGS,
+        default=DEFAULTS["alpha_scaling"],
+        help=f"opacity per pixel vs its value (default: {DEFAULTS['alpha_scaling']})",
+    )
+    g.add_argument(
+        "--scale-per-label",
+        action="store_true",
+        help="scale each label's panel alone (default: one scale for the labels of an image)",
+    )
 
 
 def _methods(values: list[str]) -> list[str]:
@@ -167,174 +242,138 @@ def _attributors(args: argparse.Namespace, methods: list[str], device):
 
 
 def _labels(text: str, clf) -> Any:
+    from xraylens.errors import InputError
+
     if text in SPECIAL_LABELS:
         return text
     names = split_list(text)
     if not names:
         raise UsageError("--labels: give 'all', 'predicted' or label names")
-    for name in names:
-        if name not in clf.labels:
-            raise UsageError(f"--labels: {clf.name} has no label {name!r}; labels: {clf.labels}")
-    return names
-
-
-def _targets(labels: Any, clf, x, threshold: float):
-    if labels != "predicted":
-        return labels
-    import torch
-
-    probs = clf.predict_proba(x).cpu()
-    chosen = []
-    for row in probs:
-        idx = torch.nonzero(row >= threshold).flatten().tolist() or [int(row.argmax())]
-        chosen.append([clf.labels[i] for i in idx])
-    return chosen
-
-
-def _one_image(res, i: int):
-    """The :class:`Attribution` of image ``i`` of ``res`` alone (N = 1)."""
-    from xraylens.core.attribution import Attribution
-
-    return Attribution(
-        values=res.values[i : i + 1],
-        labels=[res.labels[i]] if res.per_image else res.labels,
-        mask=res.mask[i : i + 1],
-        delta=None if res.delta is None else res.delta[i : i + 1],
-        method=res.method,
-        params=res.params,
-        output=res.output,
-        model=res.model,
-    )
-
-
-def _write_png(path: Path, image, res, sign: str) -> None:
-    from xraylens import viz
-
-    fig = viz.plot_attribution(image, res, index=0, sign=sign)
-    viz.save_figure(fig, path, dpi=90)
+    try:  # case-insensitive, with did-you-mean
+        return [clf.labels[clf.label_index(name)] for name in names]
+    except InputError as exc:
+        raise UsageError(f"--labels: {clf.name}: {exc}") from exc
 
 
 def run(args: argparse.Namespace) -> int:
     """Explain every input with every method; 0 when all worked, 1 when some images failed."""
-    import torch
-    from tqdm.auto import tqdm
-
-    import xraylens as xl
-    from xraylens.core.attribution import Attribution
-    from xraylens.errors import ImageReadError
+    from xraylens import pipeline
 
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    if args.size is not None and args.size < 1:
-        raise UsageError("--size must be positive")
     methods = _methods(args.method)
-    device = resolve_device(args.device)
+    shard = pipeline.join(args.device)
+    device = pipeline.local_device(resolve_device(args.device))
+    quiet = args.quiet or not shard.is_main
+    try:
+        return _run(args, methods, device, shard, quiet)
+    finally:
+        shard.close()
+
+
+def _run(args, methods, device, shard, quiet) -> int:
+    from xraylens import pipeline
+    from xraylens.core.atomic import atomic_write_text
+
     paths = expand_inputs(args.images)
     if not paths:
         raise UsageError("no input images found")
-    clf = load_classifier(args.model, args.weights, device, quiet=args.quiet)
+    clf = load_classifier(args.model, args.weights, device, quiet=quiet)
+    size = args.size or clf.input_size
+    if args.size is not None and args.size < clf.min_input_size:
+        raise UsageError(
+            f"--size {args.size}: {clf.name} needs at least {clf.min_input_size} px per side"
+        )
     labels = _labels(args.labels, clf)
     attributors = _attributors(args, methods, device)
-    size = args.size or clf.input_size
     out: Path = args.out
-    keys = output_keys(paths)
-
-    def outputs(key: str, method: str) -> tuple[Path, Path]:
-        return out / key / f"{method}.npz", out / key / f"{method}.png"
-
-    def todo(key: str) -> tuple[list[str], list[str]]:
-        """Methods to compute, and methods whose .npz exists but whose PNG is missing."""
-        compute, png_only = [], []
-        for m in methods:
-            npz, png = outputs(key, m)
-            if args.force or not npz.exists():
-                compute.append(m)
-            elif not args.no_png and not png.exists():
-                png_only.append(m)
-        return compute, png_only
-
+    items = pipeline.items_from_paths(paths, output_keys(paths))
+    figure = pipeline.FigureOptions(
+        sign=args.sign,
+        outlier_perc=args.clip,
+        scaling=args.scaling,
+        alpha=args.alpha,
+        alpha_scaling=args.alpha_scaling,
+        shared_scale=not args.scale_per_label,
+    )
+    world = f" on {shard.world} processes" if shard.world > 1 else ""
     say(
         f"explain: {len(paths)} image(s) x {len(methods)} method(s) {methods} with {clf.name} "
-        f"at {size} px -> {out}",
-        quiet=args.quiet,
+        f"at {size} px{world} -> {out}",
+        quiet=quiet,
     )
-    started = time.perf_counter()
-    failed: dict[str, str] = {}
-    done = skipped = 0
-    bar = tqdm(total=len(paths), desc="explain", unit="img", disable=args.quiet or None)
 
-    def batches():
-        """Readable images that still need work, ``batch_size`` at a time."""
-        batch, images = [], []
-        nonlocal skipped
-        for path, key in zip(paths, keys):
-            if not any(todo(key)):
-                skipped += 1
-                bar.update(1)
-                continue
-            try:
-                images.append(xl.data.preprocess(xl.data.read_image(path), size=size))
-                batch.append(key)
-            except ImageReadError as exc:
-                failed[str(path)] = exc.cause
-                bar.update(1)
-                continue
-            if len(batch) == args.batch_size:
-                yield batch, torch.stack(images)
-                batch, images = [], []
-        if batch:
-            yield batch, torch.stack(images)
+    def summary(report) -> None:
+        data = {
+            "model": clf.name,
+            "weights": args.weights,
+            "methods": {m: attributors[m].params for m in methods},
+            "labels": labels if labels in SPECIAL_LABELS else list(labels),
+            "threshold": args.threshold,
+            "output": args.output,
+            "size": size,
+            "figures": attrs_dict(figure),
+            "inputs": {it.key: it.path for it in items},
+            "predictions": dict(sorted(report.predictions.items())),
+            "explained_labels": dict(sorted(report.targets.items())),
+            "explained": report.images_explained,
+            "skipped_existing": report.images_skipped,
+            "maps_written": report.written,
+            "maps_skipped_existing": report.skipped,
+            "failed": dict(sorted(report.failed.items())),
+            "interrupted": report.interrupted,
+            "processes": report.world,
+            "seconds": report.seconds,
+        }
+        text = json.dumps(data, indent=2, default=str) + "\n"
+        atomic_write_text(out / "summary.json", text)
 
     try:
-        for batch, x in batches():
-            plans = [todo(key) for key in batch]
-            for j, key in enumerate(batch):  # finish what an interrupted run left: PNGs only
-                for m in plans[j][1]:
-                    npz, png = outputs(key, m)
-                    _write_png(png, x[j], Attribution.load(npz), args.sign)
-            targets = _targets(labels, clf, x, args.threshold)
-            per_image = isinstance(targets, list) and isinstance(targets[0], list)
-            for m in methods:
-                need = [j for j in range(len(batch)) if m in plans[j][0]]
-                if not need:
-                    continue
-                tgt = [targets[j] for j in need] if per_image else targets
-                res = attributors[m].attribute(clf, x[need], tgt, output=args.output)
-                for i, j in enumerate(need):
-                    npz, png = outputs(batch[j], m)
-                    single = _one_image(res, i)
-                    single.save(npz)
-                    if not args.no_png:
-                        _write_png(png, x[j], single, args.sign)
-            done += len(batch)
-            bar.update(len(batch))
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - started
-    summary = {
-        "model": clf.name,
-        "weights": args.weights,
-        "methods": {m: attributors[m].params for m in methods},
-        "labels": labels if labels in SPECIAL_LABELS else list(labels),
-        "output": args.output,
-        "size": size,
-        "inputs": {k: str(p) for p, k in zip(paths, keys)},
-        "explained": done,
-        "skipped_existing": skipped,
-        "failed": failed,
-        "seconds": round(elapsed, 2),
-    }
-    from xraylens.core.atomic import atomic_write_text
-
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-    say(
-        f"explain: {done} explained, {skipped} already done, {len(failed)} failed "
-        f"in {elapsed:.1f} s; outputs in {out}",
-        quiet=args.quiet,
-    )
+        report = pipeline.explain_images(
+            clf,
+            attributors,
+            items,
+            out,
+            targets=labels,
+            threshold=args.threshold,
+            output=args.output,
+            size=size,
+            batch_size=args.batch_size,
+            force=args.force,
+            png=not args.no_png,
+            figure=figure,
+            progress=not quiet,
+            log=lambda line: print(f"xraylens explain: {line}", file=sys.stderr, flush=True),
+            shard=shard,
+        )
+    except KeyboardInterrupt as exc:
+        report = getattr(exc, "report", None)
+        if report is not None and shard.world == 1:
+            summary(report)
+        print(f"xraylens explain: interrupted; outputs kept in {out}", file=sys.stderr)
+        return 130
+    failed = report.failed
+    if shard.is_main:
+        summary(report)
+    # the one-line summary stays under -q (only the progress output goes)
+    if shard.is_main:
+        print(
+            f"explain: {report.images_explained} explained, {report.images_skipped} already "
+            f"done, {len(failed)} failed ({report.written} maps written) in "
+            f"{report.seconds:.1f} s{world}; outputs in {out}",
+            flush=True,
+        )
     if failed:
-        warn(f"{len(failed)} image(s) could not be read and were skipped:")
-        for path, cause in failed.items():
-            warn(f"  {path}: {cause}")
+        if shard.is_main:
+            warn(f"{len(failed)} image(s) could not be read and were skipped:")
+            by_key = {it.key: it.path for it in items}
+            for key, cause in failed.items():
+                warn(f"  {by_key[key]}: {cause}")
         return 1
     return 0
+
+
+def attrs_dict(obj) -> dict:
+    import attrs
+
+    return attrs.asdict(obj)

@@ -82,7 +82,7 @@ def _labels(v):
     return tuple(str(x) for x in v)
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, repr=False)
 class Attribution:
     """Attribution maps for N images and T target slots.
 
@@ -95,6 +95,9 @@ class Attribution:
             methods that define one (IG, DeepLIFT, GradientShap), else None.
         method: attributor name; params: its parameters; output: "logits" or "probs";
         model: the classifier's name.
+        probs: float32 [N, L]: the model's sigmoid probability of every label for each image
+            (None when not recorded; :func:`xraylens.pipeline.explain_images` records them).
+        classes: the L label names of ``probs`` (the classifier's labels).
     """
 
     values: torch.Tensor = attrs.field(converter=_values)
@@ -105,6 +108,10 @@ class Attribution:
     params: dict = attrs.field(factory=dict)
     output: str = "logits"
     model: str | None = None
+    probs: torch.Tensor | None = attrs.field(default=None, converter=_cpu, kw_only=True)
+    classes: tuple[str, ...] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(_labels), kw_only=True
+    )
 
     def __attrs_post_init__(self) -> None:
         n, t = self.values.shape[:2]
@@ -120,6 +127,55 @@ class Attribution:
                 raise InputError(f"per-image labels: {len(self.labels)} rows for {n} images")
         elif len(self.labels) != t:
             raise InputError(f"labels: {len(self.labels)} names for {t} target slots")
+        if self.probs is not None:
+            self.probs = self.probs.to(torch.float32)
+            if self.probs.dim() != 2 or self.probs.shape[0] != n:
+                raise InputError(f"probs must be [N={n}, L], got {tuple(self.probs.shape)}")
+            if self.classes is None or len(self.classes) != self.probs.shape[1]:
+                raise InputError(
+                    f"probs has {self.probs.shape[1]} columns; give classes= with as many names"
+                )
+
+    def __repr__(self) -> str:
+        n, t, c, h, w = self.values.shape
+        labels = (
+            f"per-image ({sum(len(r) for r in self.labels)} maps)"
+            if self.per_image
+            else ", ".join(self.labels[:6]) + (f", ... ({t})" if t > 6 else "")
+        )
+        extra = [f"delta={list(self.delta.shape)}"] if self.delta is not None else []
+        if self.probs is not None:
+            extra.append(f"probs={list(self.probs.shape)}")
+        return (
+            f"Attribution(method={self.method!r}, model={self.model!r}, values=[N={n}, T={t}, "
+            f"C={c}, H={h}, W={w}], labels=[{labels}], output={self.output!r}"
+            + "".join(f", {e}" for e in extra)
+            + ")"
+        )
+
+    def prob(self, i: int, label: str) -> float | None:
+        """The model's probability of ``label`` for image ``i`` (None when not recorded)."""
+        if self.probs is None or self.classes is None or label not in self.classes:
+            return None
+        return float(self.probs[i, self.classes.index(label)])
+
+    def image(self, i: int) -> Attribution:
+        """Image ``i`` alone (N = 1), with its maps, mask, delta and probabilities."""
+        if not 0 <= i < self.values.shape[0]:
+            raise InputError(f"image index {i} out of range for {self.values.shape[0]} images")
+        cut = slice(i, i + 1)
+        return Attribution(
+            values=self.values[cut],
+            labels=[self.labels[i]] if self.per_image else self.labels,
+            mask=self.mask[cut],
+            delta=None if self.delta is None else self.delta[cut],
+            method=self.method,
+            params=self.params,
+            output=self.output,
+            model=self.model,
+            probs=None if self.probs is None else self.probs[cut],
+            classes=self.classes,
+        )
 
     @property
     def per_image(self) -> bool:
@@ -153,6 +209,7 @@ class Attribution:
             "output": self.output,
             "model": self.model,
             "delta_dtype": None if self.delta is None else str(self.delta.dtype),
+            "classes": None if self.classes is None else list(self.classes),
         }
         arrays = {
             "values": self.values.numpy(),
@@ -161,6 +218,8 @@ class Attribution:
         }
         if self.delta is not None:
             arrays["delta"] = self.delta.numpy()
+        if self.probs is not None:
+            arrays["probs"] = self.probs.numpy()
         return atomic_write_bytes(path, _npz_bytes(arrays))
 
     @classmethod
@@ -173,6 +232,7 @@ class Attribution:
                 values = torch.from_numpy(data["values"].copy())
                 mask = torch.from_numpy(data["mask"].copy())
                 delta = torch.from_numpy(data["delta"].copy()) if "delta" in data else None
+                probs = torch.from_numpy(data["probs"].copy()) if "probs" in data else None
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(f"{path} is not an xraylens Attribution file: {exc}") from exc
         if meta.get("format") != "xraylens.Attribution":
@@ -186,6 +246,8 @@ class Attribution:
             params=_decode(meta["params"]),
             output=meta["output"],
             model=meta["model"],
+            probs=probs,
+            classes=meta.get("classes"),
         )
 
 

@@ -11,7 +11,15 @@ import attrs
 import torch
 from torch import nn
 
-from xraylens.errors import InputError
+from xraylens.core.checkpoint import (
+    LOCAL_SUFFIXES,
+    is_local_weights,
+    load_state,
+    read_checkpoint,
+    save_checkpoint,
+)
+from xraylens.core.names import find_label
+from xraylens.errors import InputError, WeightsError
 
 
 @contextlib.contextmanager
@@ -147,20 +155,15 @@ class Classifier:
         return torch.float32
 
     def label_index(self, label: str | int) -> int:
-        """Index of a label given by name or index; clear error when unknown."""
+        """Index of a label given by name (case-insensitive, see
+        :func:`xraylens.core.names.find_label`) or index; clear error when unknown."""
         if isinstance(label, bool):
             raise InputError(f"label must be a name or an index, got {label!r}")
         if isinstance(label, int):
             if not -self.num_classes <= label < self.num_classes:
                 raise InputError(f"label index {label} out of range for {self.num_classes} labels")
             return label % self.num_classes
-        if label in self.labels:
-            return self.labels.index(label)
-        import difflib
-
-        close = difflib.get_close_matches(str(label), self.labels, n=3, cutoff=0.5)
-        hint = f"; did you mean {close}?" if close else f"; labels: {list(self.labels)}"
-        raise InputError(f"unknown label {label!r}{hint}")
+        return find_label(label, self.labels)
 
     def forward_module(self, module: nn.Module | None = None) -> nn.Module:
         """The module mapping inputs in [0, 1] to logits: ``module`` (default ``self.module``)
@@ -224,6 +227,98 @@ class Classifier:
     def save(self, path: str | os.PathLike) -> Path:
         """Write a checkpoint (``.pt``/``.pth``: dict with ``state_dict`` and ``xraylens``
         metadata; ``.safetensors``: tensors plus metadata). Atomic: no half-written file."""
-        from xraylens.models.weights import save_checkpoint
-
         return save_checkpoint(self.module, self.metadata(), path)
+
+    def load_weights(self, path: str | os.PathLike) -> Classifier:
+        """Load a local weights file into ``self.module`` (strict; returns ``self``).
+
+        When the file carries xraylens metadata, its labels must be this classifier's.
+        Raises :class:`~xraylens.WeightsError` naming the file and the cause.
+        """
+        state, meta = read_checkpoint(path)
+        if meta and meta.get("labels") and tuple(meta["labels"]) != self.labels:
+            raise WeightsError(
+                f"weights file {path} was saved for labels {meta['labels']}, "
+                f"not {list(self.labels)}"
+            )
+        load_state(self.module, state, os.fspath(path))
+        return self
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, module: nn.Module | None = None, **kwargs) -> Classifier:
+        """A classifier from a checkpoint written by :meth:`save`.
+
+        ``module``: your ``nn.Module`` (same architecture; its weights are replaced) and the
+        labels, channels, input size and normalisation come from the file's metadata
+        (``kwargs`` override them). Without ``module`` the file must name a registered
+        classifier (``xl.get_classifier(name, weights=path)`` is then used).
+        """
+        state, meta = read_checkpoint(path)
+        meta = dict(meta or {})
+        if module is None:
+            name = meta.get("classifier")
+            if _registry_build is None or not name or name == "custom":
+                raise InputError(
+                    f"{path} names no registered classifier ({name!r}); pass module= "
+                    "(an nn.Module of the saved architecture)"
+                )
+            return _registry_build(name, weights=os.fspath(path), **kwargs)
+        load_state(module, state, os.fspath(path))
+        fields = {
+            "labels": meta.get("labels"),
+            "in_channels": meta.get("in_channels"),
+            "input_size": meta.get("input_size"),
+            "input_mean": meta.get("input_mean"),
+            "input_std": meta.get("input_std"),
+            "name": meta.get("classifier"),
+        }
+        fields = {k: v for k, v in fields.items() if v is not None}
+        fields.update(kwargs)
+        if "labels" not in fields:
+            raise InputError(f"{path} has no xraylens metadata; pass labels=")
+        labels = fields.pop("labels")
+        return cls(module, labels, **fields)
+
+
+#: ``get_classifier``, set by the registry when it loads (core must not import it).
+_registry_build = None
+
+
+def set_registry_build(build) -> None:
+    """Let :meth:`Classifier.load` build registered classifiers by name (called by the
+    package at import; ``build(name, **kwargs) -> Classifier``)."""
+    global _registry_build
+    _registry_build = build
+
+
+def classifier_factory(build):
+    """Wrap ``build(**kwargs) -> Classifier`` into a registry factory that also accepts the
+    keywords the CLI and :func:`xraylens.get_classifier` pass (see ``docs/plugins.md``):
+
+    - ``weights``: None, or a local weights file, loaded with :meth:`Classifier.load_weights`;
+    - ``device`` / ``dtype``: the module is moved there after loading.
+
+    Every other keyword goes to ``build``. Use: ``register("tiny", classifier_factory(Tiny))``.
+    """
+    import functools
+
+    @functools.wraps(build)
+    def factory(*, weights=None, device=None, dtype=None, **kwargs) -> Classifier:
+        clf = build(**kwargs)
+        if not isinstance(clf, Classifier):
+            raise InputError(
+                f"{getattr(build, '__name__', build)!r} returned {type(clf).__name__}, "
+                "not an xraylens Classifier"
+            )
+        if weights is not None:
+            if not is_local_weights(weights):
+                raise WeightsError(
+                    f"weights {weights!r}: {clf.name} loads local files only "
+                    f"({', '.join(LOCAL_SUFFIXES)}); no such file"
+                )
+            clf.load_weights(weights)
+        if dtype is not None or device is not None:
+            clf.module.to(device=device, dtype=dtype)
+        return clf
+
+    return factory

@@ -72,13 +72,9 @@ def _label_index(label, labels: Sequence[str]) -> int:
             raise InputError(f"target index {int(label)} out of range for {len(labels)} labels")
         return int(label) % len(labels)
     if isinstance(label, str):
-        if label in labels:
-            return list(labels).index(label)
-        import difflib
+        from xraylens.core.names import find_label
 
-        close = difflib.get_close_matches(label, list(labels), n=3, cutoff=0.5)
-        hint = f"; did you mean {close}?" if close else f"; labels are {list(labels)}"
-        raise InputError(f"unknown target label {label!r}{hint}")
+        return find_label(label, labels, what="target label")
     raise InputError(f"target {label!r}: expected a label name or index")
 
 

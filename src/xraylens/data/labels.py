@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from xraylens.core.names import find_label as find_label  # the one label lookup, re-exported
+from xraylens.core.names import suggest
 from xraylens.errors import InputError
 
 #: The 14 labels of Chatterjee et al., in the paper's order.
@@ -220,7 +222,7 @@ class LabelSpace:
             return int(name)
         canonical = self._by_key.get(_key(name)) if isinstance(name, str) else None
         if canonical is None:
-            raise InputError(f"unknown label {name!r}; labels are {list(self.labels)}")
+            raise InputError(f"unknown label {name!r}{suggest(str(name), self.labels)}")
         return self._index[canonical]
 
     def name(self, name: str | int) -> str:

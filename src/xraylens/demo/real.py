@@ -83,8 +83,8 @@ def _lung_mask(record: dict, size: int) -> np.ndarray | None:
 
 def run_real(cfg: DemoConfig, root: Path, out: Path, log: Callable[[str], None] = print):
     """Run the real-data demo on ``root`` into ``out``; returns the measured numbers."""
-    from xraylens.commands.datasets import open_data
     from xraylens.core.atomic import atomic_write_text
+    from xraylens.data.folders import open_data
     from xraylens.demo.report_real import real_markdown, write_real_figures
     from xraylens.demo.synthetic import _train_summary, attributor, train_logged
     from xraylens.profile import membership_from_records, membership_from_targets

@@ -35,33 +35,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def energy_figure(nap, layers: Sequence[str], region: np.ndarray | None = None) -> Figure:
-    """Groups (rows) x layers (columns): NAP energy ``sum_c |NAP|`` per position, each layer on
-    its own scale, with ``region`` (a mask at input resolution) outlined where it fits."""
-    groups = list(nap.groups)
-    fig = Figure(figsize=(1.2 + 1.9 * len(layers), 0.6 + 1.9 * len(groups)), layout="constrained")
-    axes = fig.subplots(len(groups), len(layers), squeeze=False)
-    for c, layer in enumerate(layers):
-        energy = {g: np.abs(nap.nap[layer][g]).reshape(nap.shape(layer)[0], -1) for g in groups}
-        shape = nap.shape(layer)[1:]
-        top = max(float(e.sum(0).max()) for e in energy.values()) or 1.0
-        for r, g in enumerate(groups):
-            ax = axes[r, c]
-            ax.imshow(energy[g].sum(0).reshape(shape), cmap="magma", vmin=0, vmax=top)
-            if region is not None and len(shape) == 2:
-                from xraylens.demo.metrics import area_fractions
-
-                frac = area_fractions(region, tuple(shape))
-                if frac.max() > 0 and frac.min() < 1:
-                    ax.contour(frac > 0, levels=[0.5], colors="cyan", linewidths=0.8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                size = "x".join(str(v) for v in shape)
-                ax.set_title(f"{layer}\n{size}", fontsize=8)
-            if c == 0:
-                ax.set_ylabel(f"{g}\n(n={nap.counts[g]})", fontsize=8)
-    fig.suptitle("NAP energy per position (sum over feature maps of |NAP|); cyan: marker region")
-    return fig
+    """Groups x layers NAP energy with one colourbar per layer (:func:`viz.plot_nap_energy`)."""
+    return viz.plot_nap_energy(nap, layers, region=region)
 
 
 def _outline_cells(ax, region: np.ndarray, shape: tuple[int, int]) -> None:

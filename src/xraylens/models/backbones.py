@@ -19,12 +19,12 @@ import attrs
 import torch
 from torch import nn
 
+from xraylens.core.checkpoint import is_local_weights, load_state, read_checkpoint
 from xraylens.core.classifier import Classifier
 from xraylens.data.labels import PAPER_LABELS
 from xraylens.errors import InputError, WeightsError
 from xraylens.hookspecs import hookimpl
 from xraylens.models import published as pub
-from xraylens.models.weights import is_local_weights, load_state, read_checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -3,6 +3,7 @@
 - :func:`plot_nap_grid`: groups x top-k feature maps of one layer, diverging colormap, one
   symmetric colour scale per layer (as Fig. 6 of the paper).
 - :func:`plot_input_nap`: the input layer: per group the mean image and its NAP.
+- :func:`plot_nap_energy`: groups x layers, NAP energy per position, one colourbar per layer.
 - :func:`plot_inactive_fraction`: share of inactive / all-zero feature maps per layer.
 - :func:`save_figure` (from :mod:`xraylens.viz.figure`): write a figure atomically.
 
@@ -155,6 +156,70 @@ def plot_input_nap(
     return fig
 
 
+def _cells_touched(region: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bool [h, w]: the cells of a ``shape`` grid over ``region`` [H, W] that it touches."""
+    import torch
+
+    mask = torch.as_tensor(np.asarray(region, dtype=np.float32))[None, None]
+    cells = torch.nn.functional.adaptive_max_pool2d(mask, tuple(shape))[0, 0]
+    return cells.numpy() > 0
+
+
+def plot_nap_energy(
+    result: NAPResult,
+    layers: Sequence[str] | None = None,
+    *,
+    region: np.ndarray | None = None,
+    groups: Sequence[str] | None = None,
+    weighting: str | None = None,
+    cmap: str = "magma",
+    panel_size: float = 1.9,
+) -> Figure:
+    """Groups (rows) x layers (columns): NAP energy ``sum_c |NAP|`` per position.
+
+    Each layer has its own scale (shared by its groups) and its own colourbar. ``region``: a
+    mask [H, W] at input resolution (e.g. a marker), outlined on the cells it touches.
+    """
+    layers = list(result.layers if layers is None else layers)
+    layers = [la for la in layers if len(result.shape(la)) == 3]  # spatial layers only
+    if not layers:
+        raise InputError("plot_nap_energy needs at least one layer with [C, H, W] maps")
+    names = _groups(result, groups)
+    naps = result.naps(weighting)
+    fig = Figure(
+        figsize=(1.2 + (panel_size + 0.5) * len(layers), 0.8 + panel_size * len(names)),
+        layout="constrained",
+    )
+    axes = fig.subplots(len(names), len(layers), squeeze=False)
+    for c, layer in enumerate(layers):
+        shape = tuple(result.shape(layer)[1:])
+        energy = {g: np.abs(naps[layer][g]).sum(axis=0) for g in names}
+        top = max(float(np.nanmax(e)) for e in energy.values()) or 1.0
+        im = None
+        for r, g in enumerate(names):
+            ax = axes[r, c]
+            im = ax.imshow(energy[g], cmap=cmap, vmin=0, vmax=top, interpolation="nearest")
+            if region is not None:
+                cells = _cells_touched(region, shape)
+                if cells.any() and not cells.all():  # padded: closed at the map's border too
+                    h, w = cells.shape
+                    ys, xs = np.arange(-1, h + 1), np.arange(-1, w + 1)
+                    padded = np.pad(cells.astype(float), 1)
+                    ax.contour(xs, ys, padded, levels=[0.5], colors="cyan", linewidths=0.8)
+                    ax.set_xlim(-0.5, w - 0.5)
+                    ax.set_ylim(h - 0.5, -0.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{layer}\n{'x'.join(str(v) for v in shape)}", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(_label(result, g), fontsize=8)
+        fig.colorbar(im, ax=axes[:, c], shrink=0.8, label="sum |NAP|")
+    extra = "; cyan: marker region" if region is not None else ""
+    fig.suptitle(f"NAP energy per position\n(sum over feature maps of |NAP|{extra})", fontsize=10)
+    return fig
+
+
 def plot_inactive_fraction(result: NAPResult) -> Figure:
     """Bars per layer: share of feature maps constant over every input, and of those zero."""
     layers = list(result.layers)
@@ -176,6 +241,7 @@ def plot_inactive_fraction(result: NAPResult) -> Figure:
 __all__ = [
     "plot_inactive_fraction",
     "plot_input_nap",
+    "plot_nap_energy",
     "plot_nap_grid",
     "save_figure",
 ]

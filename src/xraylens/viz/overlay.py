@@ -7,20 +7,31 @@ zero.
 
 Sign modes (:data:`SIGNS`):
 
-- ``"positive"``: evidence for the label only (negative values dropped), sequential colormap;
+- ``"positive"`` (default): evidence for the label only (negative values dropped), sequential
+  colormap;
 - ``"absolute"``: ``|map|``, sequential colormap;
 - ``"negative"``: evidence against the label only (shown as magnitudes), sequential colormap;
-- ``"all"``: signed, diverging colormap with limits symmetric around 0 (red +, blue -).
+- ``"signed"`` (alias ``"all"``): signed, diverging colormap with limits symmetric around 0
+  (red +, blue -).
 
-Outlier scaling (:func:`normalize_map`): maps are divided by a threshold and clipped to [0, 1]
-(or [-1, 1] for ``"all"``) so that a few extreme pixels do not wash out the rest:
+Outlier clipping (:func:`normalize_map`): maps are divided by a threshold and clipped to [0, 1]
+(or [-1, 1] signed) so that a few extreme pixels do not wash out the rest:
 
-- ``scaling="cumulative"`` (default, Captum's ``visualize_image_attr`` rule, the library the
-  paper used): the threshold is the smallest value at which the sorted magnitudes' cumulative
-  sum reaches ``100 - outlier_perc`` percent of their total;
-- ``scaling="percentile"``: the ``100 - outlier_perc`` percentile of the magnitudes (e.g.
-  ``outlier_perc=1``: clip at the 99th percentile of ``|map|``);
+- ``scaling="percentile"`` (default, ``outlier_perc=2``): the ``100 - outlier_perc`` percentile
+  of the map's non-zero magnitudes, so the strongest 2 % of the pixels saturate. One huge pixel
+  cannot hide the rest of the map;
+- ``scaling="cumulative"``: Captum's ``visualize_image_attr`` rule: the smallest value at which
+  the sorted magnitudes' cumulative sum reaches ``100 - outlier_perc`` percent of their total
+  (a single pixel holding most of the total mass then sets the scale);
 - ``scaling="max"``: the largest magnitude (no clipping).
+
+Opacity (:data:`ALPHA_SCALINGS`): the heat map's per-pixel opacity is ``alpha * f(|scaled|)``
+with ``f(v) = v`` by default (``"linear"``: zero stays transparent and, with the clipping above,
+the strongest structures stand out), ``"sqrt"`` (weak attribution more visible, but pixel-level
+gradient noise becomes a haze over the lungs) or ``"constant"`` (``alpha`` wherever the map is
+non-zero).
+
+:data:`DEFAULTS` holds the defaults the CLI, the demo and the recipe share.
 
 All-zero maps and constant images give valid figures without warnings or NaN.
 """
@@ -39,10 +50,30 @@ from matplotlib.figure import Figure
 
 from xraylens.errors import InputError
 
-SIGNS = ("positive", "absolute", "negative", "all")
-SCALINGS = ("cumulative", "percentile", "max")
+SIGNS = ("positive", "absolute", "negative", "signed", "all")
+SCALINGS = ("percentile", "cumulative", "max")
+ALPHA_SCALINGS = ("linear", "sqrt", "constant")
 #: Default colormap per sign mode.
-CMAPS = {"positive": "inferno", "absolute": "inferno", "negative": "viridis", "all": "RdBu_r"}
+CMAPS = {
+    "positive": "inferno",
+    "absolute": "inferno",
+    "negative": "viridis",
+    "signed": "RdBu_r",
+    "all": "RdBu_r",
+}
+#: Display defaults shared by the CLI (``xraylens explain``), the demo and the recipe.
+DEFAULTS = {
+    "sign": "positive",
+    "outlier_perc": 2.0,
+    "scaling": "percentile",
+    "alpha": 0.7,
+    "alpha_scaling": "linear",
+}
+
+
+def is_signed(sign: str) -> bool:
+    """Whether ``sign`` shows both signs (diverging colormap, limits [-1, 1])."""
+    return sign in ("signed", "all")
 
 
 def as_array(value: Any, name: str) -> np.ndarray:
@@ -94,7 +125,7 @@ def _magnitudes(a: np.ndarray, sign: str) -> np.ndarray:
 
 
 def scale_threshold(
-    magnitudes: np.ndarray, outlier_perc: float = 2.0, scaling: str = "cumulative"
+    magnitudes: np.ndarray, outlier_perc: float = 2.0, scaling: str = "percentile"
 ) -> float:
     """The value that maps to 1 (see the module docstring); 0.0 for an all-zero map."""
     if scaling not in SCALINGS:
@@ -106,8 +137,8 @@ def scale_threshold(
         return 0.0
     if scaling == "max" or outlier_perc == 0:
         return float(m.max())
-    if scaling == "percentile":
-        return float(np.percentile(m, 100.0 - outlier_perc))
+    if scaling == "percentile":  # of the non-zero pixels: a sparse map still gets a scale
+        return float(np.percentile(m[m > 0], 100.0 - outlier_perc))
     ordered = np.sort(m)
     cumulative = np.cumsum(ordered)
     position = np.searchsorted(cumulative, cumulative[-1] * (100.0 - outlier_perc) / 100.0)
@@ -119,14 +150,14 @@ def normalize_map(
     sign: str = "positive",
     *,
     outlier_perc: float = 2.0,
-    scaling: str = "cumulative",
+    scaling: str = "percentile",
     threshold: float | None = None,
 ) -> np.ndarray:
     """Scale a map for display: [H, W] (or [C, H, W], summed) -> float64 [H, W].
 
     Values lie in [0, 1] for ``"positive"``/``"absolute"``/``"negative"`` and in [-1, 1] for
-    ``"all"``. ``threshold`` overrides the outlier rule (e.g. one shared scale for several
-    panels, from :func:`scale_threshold`). An all-zero map gives zeros.
+    ``"signed"``/``"all"``. ``threshold`` overrides the outlier rule (e.g. one shared scale for
+    several panels, from :func:`scale_threshold`). An all-zero map gives zeros.
     """
     a = to_map(attr)
     sign = _check_sign(sign)
@@ -135,7 +166,7 @@ def normalize_map(
         threshold = scale_threshold(mags, outlier_perc, scaling)
     if threshold <= 0:
         return np.zeros_like(a)
-    if sign == "all":
+    if is_signed(sign):
         return np.clip(a / threshold, -1.0, 1.0)
     return np.clip(mags / threshold, 0.0, 1.0)
 
@@ -152,9 +183,10 @@ def draw_overlay(
     *,
     sign: str = "positive",
     outlier_perc: float = 2.0,
-    scaling: str = "cumulative",
+    scaling: str = "percentile",
     threshold: float | None = None,
     alpha: float = 0.7,
+    alpha_scaling: str = "linear",
     cmap: str | None = None,
     title: str | None = None,
     contour: Any | None = None,
@@ -162,20 +194,24 @@ def draw_overlay(
 ) -> ScalarMappable:
     """Draw ``image`` (grey) with ``attr`` on top into ``ax``; returns the map's colour scale.
 
-    The heat map's per-pixel opacity is ``alpha * |scaled value|``: zero attribution leaves the
-    X-ray visible. ``attr=None`` draws the image alone. ``contour``: a mask [H, W] (e.g. a
-    lesion or the lungs) outlined on top.
+    The heat map's per-pixel opacity is ``alpha * f(|scaled value|)`` (``alpha_scaling``, see
+    the module docstring): zero attribution leaves the X-ray visible. ``attr=None`` draws the
+    image alone. ``contour``: a mask [H, W] (e.g. a lesion or the lungs) outlined on top.
     """
     img = to_image(image)
     lo, hi = _image_limits(img)
     ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     sign = _check_sign(sign)
     cmap_name = cmap or CMAPS[sign]
-    vmin = -1.0 if sign == "all" else 0.0
+    vmin = -1.0 if is_signed(sign) else 0.0
     mappable = ScalarMappable(norm=Normalize(vmin=vmin, vmax=1.0), cmap=cmap_name)
     if attr is not None:
         if not 0.0 <= alpha <= 1.0:
             raise InputError(f"alpha must be in [0, 1], got {alpha!r}")
+        if alpha_scaling not in ALPHA_SCALINGS:
+            raise InputError(
+                f"alpha_scaling must be one of {ALPHA_SCALINGS}, got {alpha_scaling!r}"
+            )
         scaled = normalize_map(
             attr, sign, outlier_perc=outlier_perc, scaling=scaling, threshold=threshold
         )
@@ -185,7 +221,7 @@ def draw_overlay(
                 "resize one to the other"
             )
         rgba = colormaps[cmap_name](mappable.norm(scaled))
-        rgba[..., 3] = alpha * np.abs(scaled)
+        rgba[..., 3] = alpha * _opacity(np.abs(scaled), alpha_scaling)
         ax.imshow(rgba, interpolation="nearest")
     if contour is not None:
         mask = to_image(contour, "contour") > 0
@@ -200,14 +236,24 @@ def draw_overlay(
     return mappable
 
 
+def _opacity(v: np.ndarray, alpha_scaling: str) -> np.ndarray:
+    """Per-pixel opacity factor in [0, 1] of scaled magnitudes ``v`` in [0, 1]."""
+    if alpha_scaling == "sqrt":
+        return np.sqrt(v)
+    if alpha_scaling == "constant":
+        return (v > 0).astype(np.float64)
+    return v
+
+
 def overlay(
     image: Any,
     attr: Any | None = None,
     *,
     sign: str = "positive",
     outlier_perc: float = 2.0,
-    scaling: str = "cumulative",
+    scaling: str = "percentile",
     alpha: float = 0.7,
+    alpha_scaling: str = "linear",
     cmap: str | None = None,
     title: str | None = None,
     contour: Any | None = None,
@@ -231,22 +277,38 @@ def overlay(
         outlier_perc=outlier_perc,
         scaling=scaling,
         alpha=alpha,
+        alpha_scaling=alpha_scaling,
         cmap=cmap,
         title=title,
         contour=contour,
     )
     if colorbar and attr is not None:
-        fig.colorbar(mappable, ax=ax, shrink=0.8, label=f"attribution ({sign}, scaled)")
+        fig.colorbar(mappable, ax=ax, shrink=0.8, label=scale_label(sign, outlier_perc, scaling))
     return fig
 
 
+def scale_label(sign: str, outlier_perc: float, scaling: str) -> str:
+    """Colourbar label, two short lines: what is shown, and what 1 means."""
+    if scaling == "max" or outlier_perc == 0:
+        one = "1 = max"
+    elif scaling == "cumulative":
+        one = f"1 = cumulative {100 - outlier_perc:g}%"
+    else:
+        one = f"1 = top {outlier_perc:g}% (clipped)"
+    return f"{sign} attribution\n{one}"
+
+
 __all__ = [
+    "ALPHA_SCALINGS",
     "CMAPS",
+    "DEFAULTS",
     "SCALINGS",
     "SIGNS",
     "draw_overlay",
+    "is_signed",
     "normalize_map",
     "overlay",
+    "scale_label",
     "scale_threshold",
     "to_image",
     "to_map",

@@ -23,10 +23,14 @@ from xraylens.viz.overlay import (
     _check_sign,
     _magnitudes,
     draw_overlay,
+    scale_label,
     scale_threshold,
     to_image,
     to_map,
 )
+
+#: ``shared_scale`` values of :func:`plot_grid` (False: each panel on its own scale).
+SHARED_SCALES = (False, True, "all", "row", "column")
 
 
 def plot_grid(
@@ -40,9 +44,10 @@ def plot_grid(
     contours: Any | None = None,
     sign: str = "positive",
     outlier_perc: float = 2.0,
-    scaling: str = "cumulative",
-    shared_scale: bool = False,
+    scaling: str = "percentile",
+    shared_scale: bool | str = False,
     alpha: float = 0.7,
+    alpha_scaling: str = "linear",
     cmap: str | None = None,
     panel_size: float = 2.2,
     title: str | None = None,
@@ -55,8 +60,11 @@ def plot_grid(
         panel_titles: ``panel_titles[r][c]`` a title per panel (instead of ``col_labels``).
         show_image: add a first column with the image alone.
         contours: a mask [H, W] outlined on every panel, or a list with one (or None) per row.
-        shared_scale: one outlier threshold for every panel (compare magnitudes across panels);
-            default: each panel scaled on its own, as Captum and the paper do.
+        shared_scale: False (default): each panel scaled on its own, as Captum and the paper
+            do; True or ``"all"``: one outlier threshold for every panel; ``"row"``: one per
+            row (e.g. the labels of one image); ``"column"``: one per column (e.g. one method
+            across models, whose maps share units).
+        sign, outlier_perc, scaling, alpha, alpha_scaling: see :mod:`xraylens.viz.overlay`.
     """
     rows = [list(r) for r in maps]
     if not rows or not any(rows):
@@ -68,10 +76,7 @@ def plot_grid(
     images = _per_row(image, len(rows), "image")
     outlines = _per_row(contours, len(rows), "contours")
     sign = _check_sign(sign)
-    threshold = None
-    if shared_scale:
-        mags = [_magnitudes(to_map(m), sign).ravel() for r in rows for m in r if m is not None]
-        threshold = scale_threshold(np.concatenate(mags), outlier_perc, scaling)
+    thresholds = _shared_thresholds(rows, shared_scale, sign, outlier_perc, scaling)
     lead = 1 if show_image else 0
     fig = Figure(
         figsize=(0.9 + panel_size * (n_cols + lead), 0.5 + panel_size * len(rows)),
@@ -101,8 +106,9 @@ def plot_grid(
                 sign=sign,
                 outlier_perc=outlier_perc,
                 scaling=scaling,
-                threshold=threshold,
+                threshold=thresholds[r][c],
                 alpha=alpha,
+                alpha_scaling=alpha_scaling,
                 cmap=cmap,
                 title=head,
                 contour=outlines[r],
@@ -110,10 +116,56 @@ def plot_grid(
         if row_labels is not None:
             axes[r, 0].set_ylabel(row_labels[r], fontsize=9)
     if mappable is not None:
-        fig.colorbar(mappable, ax=axes, shrink=0.6, label=f"attribution ({sign}, scaled)")
+        shared = {False: "", "row": ", per row", "column": ", per column"}.get(
+            shared_scale, ", shared"
+        )
+        fig.colorbar(
+            mappable,
+            ax=axes,
+            shrink=0.6,
+            label=scale_label(sign, outlier_perc, scaling) + (shared if shared else ", per panel"),
+        )
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _shared_thresholds(rows, shared_scale, sign, outlier_perc, scaling):
+    """``thresholds[r][c]``: the clipping threshold of each panel (None: its own)."""
+    if shared_scale not in SHARED_SCALES:
+        raise InputError(f"shared_scale must be one of {SHARED_SCALES}, got {shared_scale!r}")
+    n_rows, n_cols = len(rows), len(rows[0])
+    out: list[list[float | None]] = [[None] * n_cols for _ in range(n_rows)]
+    if shared_scale is False:
+        return out
+    if shared_scale == "row":
+        groups = [[(r, c) for c in range(n_cols)] for r in range(n_rows)]
+    elif shared_scale == "column":
+        groups = [[(r, c) for r in range(n_rows)] for c in range(n_cols)]
+    else:
+        groups = [[(r, c) for r in range(n_rows) for c in range(n_cols)]]
+    for cells in groups:
+        cells = [(r, c) for r, c in cells if rows[r][c] is not None]
+        if not cells:
+            continue
+        mags = np.concatenate([_magnitudes(to_map(rows[r][c]), sign).ravel() for r, c in cells])
+        t = scale_threshold(mags, outlier_perc, scaling)
+        for r, c in cells:
+            out[r][c] = t
+    return out
+
+
+def prob_text(res: Attribution, index: int, label: str) -> str:
+    """``"p=0.93"``: the model's probability of ``label`` for image ``index`` ("" unknown)."""
+    p = res.prob(index, label)
+    return "" if p is None else f"p={p:.2f}"
+
+
+def _head(label: str, prob: str) -> str:
+    """A panel title: ``"COVID-19  p=0.93"`` on one line (two when the label is long)."""
+    if not prob:
+        return label
+    return f"{label}  {prob}" if len(label) <= 18 else f"{label}\n{prob}"
 
 
 def _per_row(value: Any, n_rows: int, name: str) -> list[Any]:
@@ -166,7 +218,9 @@ def plot_models_methods(
     """The paper's figure: rows = models, columns = methods, for one ``label`` of image ``index``.
 
     ``results[model][method]`` is an :class:`Attribution`; a missing method or label leaves the
-    panel empty. ``kwargs`` go to :func:`plot_grid`.
+    panel empty. Row labels show each model's probability of ``label`` when recorded.
+    ``shared_scale="column"`` compares models on one scale per method. ``kwargs`` go to
+    :func:`plot_grid`.
     """
     models = list(results)
     methods: list[str] = []
@@ -179,8 +233,13 @@ def plot_models_methods(
         ]
         for model in models
     ]
+    rows = []
+    for model in models:
+        probs = [prob_text(r, index, label) for r in results[model].values()]
+        p = next((t for t in probs if t), "")
+        rows.append(f"{model}\n{label} {p}" if p else model)
     kwargs.setdefault("title", label)
-    return plot_grid(image, maps, row_labels=models, col_labels=methods, **kwargs)
+    return plot_grid(image, maps, row_labels=rows, col_labels=methods, **kwargs)
 
 
 def plot_labels_methods(
@@ -203,7 +262,11 @@ def plot_labels_methods(
     methods = list(results)
     names = list(labels) if labels is not None else _labels_in(list(results.values()), index)
     maps = [[_map_of(results[m], index, name) for m in methods] for name in names]
-    return plot_grid(image, maps, row_labels=names, col_labels=methods, **kwargs)
+    rows = []
+    for name in names:
+        p = next((t for t in (prob_text(r, index, name) for r in results.values()) if t), "")
+        rows.append(f"{name}\n{p}" if p else name)
+    return plot_grid(image, maps, row_labels=rows, col_labels=methods, **kwargs)
 
 
 def plot_attribution(
@@ -213,10 +276,16 @@ def plot_attribution(
     index: int = 0,
     labels: Sequence[str] | None = None,
     columns: int | None = None,
+    image_id: str | None = None,
+    shared_scale: bool | str = True,
     **kwargs: Any,
 ) -> Figure:
     """One :class:`Attribution` of image ``index``: the image, then one panel per label.
 
+    Panels are titled with the label and the model's probability (when ``res.probs`` is
+    recorded); the figure title names ``image_id`` (a file or image id), the method and model.
+    ``shared_scale``: True (default): one scale for every label of the image, so a label the
+    model gives ~0 probability is not drawn at full strength; False: each panel alone.
     ``columns``: panels per row (default: all in one row up to 7, then wrapped).
     """
     _check_index(res, index)
@@ -229,10 +298,18 @@ def plot_attribution(
         raise InputError(f"image {index} has no map for {missing}; it has {res.labels_of(index)}")
     columns = columns or min(len(names), 7)
     grid = [cells[i : i + columns] for i in range(0, len(cells), columns)]
-    titles = [names[i : i + columns] for i in range(0, len(names), columns)]
-    kwargs.setdefault("title", f"{res.method} ({res.model or 'model'}, {res.output})")
-    fig = plot_grid(image, grid, panel_titles=titles, **kwargs)
-    return fig
+    heads = [_head(n, prob_text(res, index, n)) for n in names]
+    titles = [heads[i : i + columns] for i in range(0, len(heads), columns)]
+    what = f"{res.method} ({res.model or 'model'}, {res.output})"
+    kwargs.setdefault("title", f"{image_id}: {what}" if image_id else what)
+    return plot_grid(image, grid, panel_titles=titles, shared_scale=shared_scale, **kwargs)
 
 
-__all__ = ["plot_attribution", "plot_grid", "plot_labels_methods", "plot_models_methods"]
+__all__ = [
+    "SHARED_SCALES",
+    "plot_attribution",
+    "plot_grid",
+    "plot_labels_methods",
+    "plot_models_methods",
+    "prob_text",
+]
