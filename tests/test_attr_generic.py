@@ -23,6 +23,11 @@ CHEAP = {
     "deeplift_shap": {"n_baselines": 2},
     "gradient_shap": {"n_baselines": 2, "n_samples": 2},
     "occlusion": {"window": 0.5, "stride": 0.5},
+    "feature_ablation": {"features": "grid", "n_features": 4},
+    "lime": {"n_samples": 16, "features": "grid", "n_features": 4, "alpha": 1e-4},
+    "kernel_shap": {"n_samples": 16, "features": "grid", "n_features": 4},
+    "rise": {"n_masks": 8, "grid": 2},
+    "score_cam": {"max_channels": 4},
 }
 #: methods whose map of a 1 x 1 layer (resnet18's layer4 at 32 px) is identically 0
 ZERO_ON_ONE_PIXEL = {"eigen_cam"}

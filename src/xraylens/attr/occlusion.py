@@ -20,15 +20,12 @@ window in each layer) would cut the cost per window for early layers; not built 
 
 from __future__ import annotations
 
-import copy
 import math
 
 import attrs
 import torch
 
-from xraylens.core.attributor import Attributor
-from xraylens.core.classifier import Classifier, eval_mode
-from xraylens.core.targets import TargetPlan
+from xraylens.attr.perturbation import Perturbation, PerturbationAttributor
 from xraylens.errors import InputError
 from xraylens.hookspecs import hookimpl
 
@@ -159,7 +156,7 @@ class WindowGrid:
         return total / count
 
 
-class Occlusion(Attributor):
+class Occlusion(PerturbationAttributor):
     """Sliding-window occlusion for every requested label in one pass over the windows.
 
     ``xl.get_attributor("occlusion", window=(50, 50), stride=(4, 4), baseline=0.0)``; the
@@ -173,93 +170,35 @@ class Occlusion(Attributor):
     Config = OcclusionConfig
     presets = {"paper": OcclusionConfig(window=(50, 50), stride=(4, 4), baseline=0.0)}
 
-    def attribute_pairs(
-        self, clf: Classifier, x: torch.Tensor, plan: TargetPlan, *, output: str
-    ) -> tuple[torch.Tensor, None]:
-        """Maps [P, C, H, W] (float32, CPU) for the plan's pairs; no convergence delta."""
-        n, c, height, width = x.shape
+    def pair_maps(self, ctx: Perturbation) -> torch.Tensor:
+        """Maps [P, H, W] (float32): per pixel, the mean score change of its windows."""
+        height, width = ctx.x.shape[-2:]
         grid = WindowGrid.build(self.config.window, self.config.stride, height, width)
-        module = self.output_module(clf, output)
-        device = self.engine.resolve_device(clf.module)
-        if device != x.device:  # work on a copy: the caller's model stays where it is
-            module = copy.deepcopy(module).to(device)
-            x = x.to(device)
-        baseline = _baseline_tensor(self.config.baseline, x)
-        images = torch.unique(plan.image).to(device)  # only images that have pairs
-        with eval_mode(module), torch.inference_mode():
-            diffs = self._score_changes(module, x[images], baseline, images, grid)
-        position = torch.full((n,), -1, dtype=torch.long)
-        position[images.cpu()] = torch.arange(len(images))
-        rows = diffs[position[plan.image], :, plan.label]  # [P, windows]
-        out = torch.empty((plan.n_pairs, c, height, width), dtype=torch.float32)
-        step = 16  # pairs averaged at once: bounds the float64 temporaries
-        for p in range(0, plan.n_pairs, step):
-            maps = grid.average(rows[p : p + step]).float()
-            out[p : p + step] = maps[:, None].expand(-1, c, -1, -1)
-        return out, None
+        baseline = ctx.baseline(self.config.baseline)
+        ref = ctx.reference()
 
-    def _score_changes(
-        self,
-        module: torch.nn.Module,
-        x: torch.Tensor,
-        baseline: torch.Tensor,
-        images: torch.Tensor,
-        grid: WindowGrid,
-    ) -> torch.Tensor:
-        """``f(x) - f(occluded x)`` for every image, window and label: float64 CPU [n, K, L].
-
-        ``x`` [n, C, H, W] holds the images with pairs; ``images`` their indices into the
-        batch (to pick per-image baselines [N, C, H, W]).
-        """
-        engine = self.engine
-        k = len(grid)
-        n_items = len(x) * k
-        chunk = engine.plan(
-            n_items, module=module, example=x[:1], grad=False, what="occlusion perturbations"
-        )
-
-        def forward(batch: torch.Tensor) -> torch.Tensor:
-            with engine.autocast(batch.device):
-                out = module(engine.prepare_input(batch))
-            if out.dim() != 2:
-                raise InputError(f"occlusion needs model outputs [N, L], got {tuple(out.shape)}")
-            return out.double()
-
-        ref = torch.cat(
-            engine.map_chunks(lambda a, b: forward(x[a:b]), len(x), chunk=chunk, desc="occlusion")
-        )
-
-        def occluded(start: int, stop: int) -> torch.Tensor:
-            item = torch.arange(start, stop, device=x.device)
-            image, window = item // k, item % k
+        def occluded(image: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
             inside = grid.masks(window)[:, None]  # [B, 1, H, W]
-            base = baseline[images[image]] if baseline.shape[0] > 1 else baseline
-            batch = torch.where(inside, base, x[image])
-            return (ref[image] - forward(batch)).cpu()
+            base = baseline[image] if baseline.shape[0] > 1 else baseline
+            return torch.where(inside, base, ctx.x[image])
 
-        diffs = engine.map_chunks(occluded, n_items, chunk=chunk, desc="occlusion")
-        return torch.cat(diffs).reshape(len(x), k, -1)
-
-
-def _baseline_tensor(value, x: torch.Tensor) -> torch.Tensor:
-    """The baseline as a tensor [1 or N, C, H, W] on ``x``'s device and dtype."""
-    base = torch.as_tensor(value).detach().to(device=x.device, dtype=x.dtype)
-    target = tuple(x.shape)
-    ok = base.dim() <= 4
-    if ok:
-        base = base.reshape((1,) * (4 - base.dim()) + tuple(base.shape))
-        try:
-            ok = torch.broadcast_shapes(base.shape, target) == target
-        except RuntimeError:
-            ok = False
-    if not ok:
-        raise InputError(
-            f"occlusion baseline of shape {tuple(torch.as_tensor(value).shape)} does not "
-            f"broadcast to the input {target}"
-        )
-    return base.expand((base.shape[0], *target[1:]))
+        diffs = ref.cpu()[:, None] - torch.stack(ctx.scores(len(grid), occluded))  # [n, K, L]
+        rows = diffs[ctx.pair_image, :, ctx.pair_label]  # [P, K]
+        out = torch.empty((len(rows), height, width), dtype=torch.float32)
+        step = 16  # pairs averaged at once: bounds the float64 temporaries
+        for p in range(0, len(rows), step):
+            out[p : p + step] = grid.average(rows[p : p + step]).float()
+        return out
 
 
 @hookimpl
 def register_attributors(register):
-    register("occlusion", Occlusion)
+    """Occlusion and the other perturbation methods (one plugin: they share the base)."""
+    from xraylens.attr.feature_ablation import FeatureAblation
+    from xraylens.attr.kernel_shap import KernelShap
+    from xraylens.attr.lime import Lime
+    from xraylens.attr.rise import Rise
+    from xraylens.attr.score_cam import ScoreCam
+
+    for cls in (Occlusion, FeatureAblation, Lime, KernelShap, Rise, ScoreCam):
+        register(cls.name, cls)
