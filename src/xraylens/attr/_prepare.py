@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import types
+from collections.abc import Callable, Iterable
 
 import attrs
 import torch
@@ -25,7 +26,7 @@ from xraylens.core.attributor import Attributor
 from xraylens.core.classifier import Classifier
 from xraylens.core.engine import Engine
 from xraylens.errors import InputError
-from xraylens.surgery import Surgery
+from xraylens.surgery import PIPELINES, Surgery
 
 
 @attrs.define(eq=False)
@@ -107,14 +108,26 @@ def _buffer(b, memo):
     return memo[id(b)]
 
 
-def prepare(clf: Classifier, output: str, pipeline: str, engine: Engine) -> Prepared:
-    """Copy ``clf.module`` to the engine's device and apply the surgery ``pipeline``."""
+def prepare(
+    clf: Classifier,
+    output: str,
+    pipeline: str,
+    engine: Engine,
+    inspect: Callable[[nn.Module, nn.Module, torch.device], Iterable[str]] | None = None,
+) -> Prepared:
+    """Copy ``clf.module`` to the engine's device and apply the surgery ``pipeline``.
+
+    ``inspect(model, inner, device)``, when given, sees the copy before surgery and returns
+    the pipeline's steps to leave out (Grad-CAM: no ``merge_batchnorm`` when the hooked layer
+    is a convolution or batch norm, whose output merging would change).
+    """
     device = engine.resolve_device(clf.module)
     inner = copy_module(clf.module)
     inner.to(device)
     inner.eval()
     model = Attributor.output_module(clf, output, inner)
     model.eval()
-    surgery = Surgery(pipeline)
+    skip = set(inspect(model, inner, device)) if inspect is not None else set()
+    surgery = Surgery([s for s in PIPELINES[pipeline] if s not in skip] if skip else pipeline)
     surgery.apply(model)
     return Prepared(model, inner, device, surgery)

@@ -13,31 +13,77 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from xraylens.attr import configs
+from xraylens.attr._cam_layer import default_layer, layer_probe, resolve_layout
 from xraylens.attr._pairs import Context, PairAttributor, Rows
 from xraylens.errors import InputError
 
 
 class GradCam(PairAttributor):
-    """Grad-CAM on ``layer`` (default: the classifier's ``cam_layer``)."""
+    """Grad-CAM on ``layer`` (default: the classifier's ``cam_layer``, else the last module with
+    a spatial 4-D output).
+
+    The activation is the layer's output exactly as the model computed it: surgery never
+    merges a batch norm into the hooked layer, the hook runs after the backward rules' hooks
+    (a ReLU module works as the layer) and hands the rest of the model a copy, so later
+    in-place ops (DenseNet's ``F.relu(features, inplace=True)``) leave it intact. A layer that
+    runs several times in one forward is refused. Token ([N, T, K]) and channels-last outputs
+    are reshaped to [N, K, h, w] (option ``reshape``, see :mod:`xraylens.attr._cam_layer`).
+
+    Subclasses (other CAM variants) override :meth:`cam` (the map of one round from
+    ``ctx.extra["activation"]``, the raw layer output, and ``ctx.extra["layout"]``) or
+    :meth:`row_maps`; :meth:`activation_and_grad` gives both as [r, K, h, w].
+    """
 
     name = "grad_cam"
     Config = configs.GradCamConfig
     presets = {"captum": configs.GradCamConfig(relu=False, interpolate="nearest")}
 
-    def setup(self, ctx: Context) -> None:
-        name = self.config.layer or ctx.clf.cam_layer
+    def inspect(self, clf, x, model, inner, extra) -> tuple[str, ...]:
+        probe = layer_probe(clf.module, model, inner, x[:1])
+        size = tuple(x.shape[-2:])
+        name = self.config.layer or clf.cam_layer or default_layer(probe, inner, size)
         if not name:
-            raise InputError(f"{self.name}: the classifier has no cam_layer; pass layer=...")
-        layer = ctx.prep.layer(name)
+            raise InputError(
+                f"{self.name}: no module of the classifier outputs a spatial 4-D map; "
+                "pass layer=... (a module name from clf.module.named_modules())"
+            )
+        try:
+            layer = inner.get_submodule(name)
+        except AttributeError:
+            raise InputError(
+                f"{self.name}: layer {name!r} is not a module of the classifier"
+            ) from None
+        where = f"{self.name}: layer {name!r} ({type(layer).__name__})"
+        calls = probe.calls.get(name, 0)
+        if calls != 1:
+            raise InputError(
+                f"{where} runs {calls} times in one forward pass; Grad-CAM needs one activation "
+                "(choose a module that runs once)"
+            )
+        shape = probe.shapes.get(name)
+        if shape is None:
+            raise InputError(f"{where} does not output a tensor")
+        extra["layer_name"] = name
+        cfg = self.config
+        extra["layout"] = resolve_layout(
+            shape, size, cfg.reshape, cfg.prefix_tokens, where=where, module=layer
+        )
+        # merging a batch norm into this convolution (or replacing this batch norm by an
+        # identity) would change the hooked output; elsewhere merging stays
+        return ("merge_batchnorm",) if isinstance(layer, (nn.Conv2d, nn.BatchNorm2d)) else ()
 
+    def install(self, ctx: Context) -> None:
         def keep(_m, _args, out):
-            if not isinstance(out, torch.Tensor) or out.dim() != 4:
-                raise InputError(f"{self.name}: layer {name!r} must output [N, K, h, w]")
+            if not isinstance(out, torch.Tensor):
+                raise InputError(f"{self.name}: layer {name!r} does not output a tensor")
             ctx.extra["activation"] = out
+            return out.clone()  # later in-place ops change the clone, not the activation
 
-        ctx.extra["hook"] = layer.register_forward_hook(keep)
+        name = ctx.extra["layer_name"]
+        ctx.extra["hook"] = ctx.prep.layer(name).register_forward_hook(keep)
 
     def teardown(self, ctx: Context) -> None:
         if "hook" in ctx.extra:
@@ -48,12 +94,21 @@ class GradCam(PairAttributor):
         unit = torch.arange(start, stop)
         return Rows(unit=unit, inputs=ctx.units.x[unit.to(ctx.x.device)])
 
+    def activation_and_grad(
+        self, ctx: Context, out: torch.Tensor, grad_out: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's activation and ``d(out . grad_out)/d activation``, both [r, K, h, w]
+        (detached; graph retained)."""
+        act = ctx.extra["activation"]
+        grad = torch.autograd.grad(out, act, grad_out, retain_graph=True)[0]
+        layout = ctx.extra["layout"]
+        return layout.to_nchw(act.detach()), layout.to_nchw(grad)
+
     def cam(
         self, ctx: Context, out: torch.Tensor, grad_out: torch.Tensor, relu: bool
     ) -> torch.Tensor:
         """Upsampled CAM [r, 1, H, W] for one round (graph retained)."""
-        act = ctx.extra["activation"]
-        grad = torch.autograd.grad(out, act, grad_out, retain_graph=True)[0]
+        act, grad = self.activation_and_grad(ctx, out, grad_out)
         cam = (grad.mean(dim=(2, 3), keepdim=True) * act).sum(dim=1, keepdim=True)
         if relu:
             cam = cam.clamp_min(0)
