@@ -113,7 +113,11 @@ def test_method_equals_captum_per_label(name, method):
     if method == "guided_grad_cam":
         params["layer"] = (CNN_LAYERS.get(name) or [(ZOO[name].cam_layers[0], "")])[0][0]
         if name in TOKEN_LAYERS and name not in CNN_LAYERS:
-            pytest.skip("token layer: compared with pytorch-grad-cam below")
+            pytest.skip(
+                "Captum's GuidedGradCam fails on a token layer (its interpolate needs "
+                "[N, K, h, w]) and misreads Swin's [N, h, w, K]: compared with guided backprop "
+                "x pytorch-grad-cam in test_guided_grad_cam_on_token_layers"
+            )
     if name in GUIDED_REFUSES and method in ("guided_backprop", "deconvolution", "guided_grad_cam"):
         with pytest.raises(xl.InputError, match="relu"):
             xl.get_attributor(method, **params).attribute(clf, x, LABELS)
@@ -121,7 +125,14 @@ def test_method_equals_captum_per_label(name, method):
     _compare(method, clf, x, params, seed=method == "gradient_shap")
 
 
-CNN_CASES = [(m, layer) for m, layers in CNN_LAYERS.items() for layer, _ in layers]
+#: our layers plus the zoo's own ``cam_layers`` of the convolutional models (the zoo's token
+#: layers are last blocks, whose patch tokens the head never reads: an all-zero CAM)
+CNN_CASES = list(
+    dict.fromkeys(
+        [(m, layer) for m, layers in CNN_LAYERS.items() for layer, _ in layers]
+        + [(m, layer) for m, e in ZOO.items() if m not in TOKEN_LAYERS for layer in e.cam_layers]
+    )
+)
 
 
 @pytest.mark.parametrize(("name", "layer"), CNN_CASES)
@@ -180,10 +191,12 @@ def test_grad_cam_on_token_and_channels_last_layers_equals_pytorch_grad_cam(name
     torch.testing.assert_close(again.attribute(clf, x, LABELS).values, res.values)
 
 
-def test_guided_grad_cam_on_a_token_layer_equals_guided_backprop_times_reference_cam():
-    clf = zoo_model("vit_tv")
+@pytest.mark.parametrize("name", TOKEN_LAYERS)
+def test_guided_grad_cam_on_token_layers(name):
+    """Guided Grad-CAM = guided backprop x the ReLU-ed CAM (pytorch-grad-cam's, upsampled)."""
+    clf = zoo_model(name)
     x = zoo_input(clf)
-    layer, kind = TOKEN_LAYERS["vit_tv"]
+    layer, kind = TOKEN_LAYERS[name]
     res = xl.get_attributor("guided_grad_cam", layer=layer).attribute(clf, x, LABELS)
     guided = xl.get_attributor("guided_backprop").attribute(clf, x, LABELS).values
     ref = guided.double() * pytorch_grad_cam_maps(clf, x, layer, kind, relu=True)

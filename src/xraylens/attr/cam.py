@@ -11,6 +11,8 @@ the plain layer gradient and on for the guided input gradient.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,6 +21,8 @@ from xraylens.attr import configs
 from xraylens.attr._cam_layer import default_layer, layer_probe, resolve_layout
 from xraylens.attr._pairs import Context, PairAttributor, Rows
 from xraylens.errors import InputError
+
+log = logging.getLogger("xraylens.attr")
 
 
 class GradCam(PairAttributor):
@@ -67,6 +71,8 @@ class GradCam(PairAttributor):
         if shape is None:
             raise InputError(f"{where} does not output a tensor")
         extra["layer_name"] = name
+        log.info("%s: layer %r%s, output %s", self.name, name,
+                 "" if self.config.layer or clf.cam_layer else " (default)", shape)  # fmt: skip
         cfg = self.config
         extra["layout"] = resolve_layout(
             shape, size, cfg.reshape, cfg.prefix_tokens, where=where, module=layer
