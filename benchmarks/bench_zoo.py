@@ -12,6 +12,7 @@ ops) are left out of both totals and listed. ``ratio`` = Captum seconds / xrayle
 
     python benchmarks/bench_zoo.py
     python benchmarks/bench_zoo.py --models regnet_y_400mf,resnet18_tv --repeats 3
+    python benchmarks/bench_zoo.py --methods saliency,deeplift --name zoo_some
 """
 
 from __future__ import annotations
@@ -70,14 +71,14 @@ def time_one(fn) -> float | Exception:
     return time.perf_counter() - start
 
 
-def run_model(name: str, repeats: int) -> dict:
+def run_model(name: str, repeats: int, methods=METHODS) -> dict:
     best_x: dict[str, float] = {}
     best_c: dict[str, float] = {}
     failed: dict[str, str] = {}
     for _ in range(repeats):
         clf = zoo_model.__wrapped__(name, torch.float32)  # fresh: no remembered probes
         x = zoo_input(clf)
-        for method in METHODS:
+        for method in methods:
             if method in failed:
                 continue
             p = params(method, name, clf)
@@ -118,9 +119,12 @@ def _default_layer(clf, x) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(ZOO))
+    ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--labels", type=int, default=5, help="labels explained (the first ones)")
     ap.add_argument("--name", default="zoo_cpu")
     args = ap.parse_args()
+    LABELS[:] = range(args.labels)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     warm = zoo_model.__wrapped__("densenet_small", torch.float32)  # first-use costs, untimed
     for method in METHODS:
@@ -130,7 +134,7 @@ def main() -> None:
         time_one(functools.partial(captum_maps, method, warm, xw, full, LABELS))
     rows = []
     for name in args.models.split(","):
-        row = run_model(name, args.repeats)
+        row = run_model(name, args.repeats, args.methods.split(","))
         rows.append(row)
         print(f"{name}: xraylens {row['xraylens_s']:.2f} s, captum {row['captum_s']:.2f} s, "
               f"ratio {row['ratio']:.2f}; left out {sorted(row['left_out'])}",

@@ -21,8 +21,16 @@ from xraylens.attr import configs
 from xraylens.attr._cam_layer import default_layer, layer_probe, resolve_layout
 from xraylens.attr._pairs import Context, PairAttributor, Rows
 from xraylens.errors import InputError
+from xraylens.surgery import PIPELINES
 
 log = logging.getLogger("xraylens.attr")
+
+
+def _is_leaf(inner: nn.Module, name: str) -> bool:
+    try:
+        return not any(True for _ in inner.get_submodule(name).children())
+    except AttributeError:
+        return False
 
 
 class GradCam(PairAttributor):
@@ -46,54 +54,79 @@ class GradCam(PairAttributor):
     presets = {"captum": configs.GradCamConfig(relu=False, interpolate="nearest")}
 
     def inspect(self, clf, x, model, inner, extra) -> tuple[str, ...]:
-        probe = layer_probe(clf.module, model, inner, x[:1])
         size = tuple(x.shape[-2:])
-        name = self.config.layer or clf.cam_layer or default_layer(probe, inner, size)
+        name = self.config.layer or clf.cam_layer
+        leaf = name and _is_leaf(inner, name)
+        # A layer probe (one no-grad forward, remembered) finds the default layer, and sees a
+        # leaf module called at several places before ``split_reused`` splits it; otherwise
+        # the hook checks calls and shape on the real forward (no extra pass).
+        probe = None
+        if not name or (leaf and "split_reused" in PIPELINES[self.pipeline]):
+            probe = layer_probe(clf.module, model, inner, x[:1])
         if not name:
-            raise InputError(
-                f"{self.name}: no module of the classifier outputs a spatial 4-D map; "
-                "pass layer=... (a module name from clf.module.named_modules())"
-            )
+            name = default_layer(probe, inner, size)
+            if not name:
+                raise InputError(
+                    f"{self.name}: no module of the classifier outputs a spatial 4-D map; "
+                    "pass layer=... (a module name from clf.module.named_modules())"
+                )
+            log.info("%s: default layer %r, output %s", self.name, name, probe.shapes[name])
         try:
             layer = inner.get_submodule(name)
         except AttributeError:
             raise InputError(
                 f"{self.name}: layer {name!r} is not a module of the classifier"
             ) from None
-        where = f"{self.name}: layer {name!r} ({type(layer).__name__})"
-        calls = probe.calls.get(name, 0)
-        if calls != 1:
-            raise InputError(
-                f"{where} runs {calls} times in one forward pass; Grad-CAM needs one activation "
-                "(choose a module that runs once)"
-            )
-        shape = probe.shapes.get(name)
-        if shape is None:
-            raise InputError(f"{where} does not output a tensor")
-        extra["layer_name"] = name
-        log.info("%s: layer %r%s, output %s", self.name, name,
-                 "" if self.config.layer or clf.cam_layer else " (default)", shape)  # fmt: skip
-        cfg = self.config
-        extra["layout"] = resolve_layout(
-            shape, size, cfg.reshape, cfg.prefix_tokens, where=where, module=layer
-        )
+        extra["layer_name"], extra["size"] = name, size
+        extra["where"] = f"{self.name}: layer {name!r} ({type(layer).__name__})"
+        extra["layer_module"] = layer
+        if probe is not None:
+            self._check_calls(extra, probe.calls.get(name, 0))
+            self._layout(extra, probe.shapes.get(name))
         # merging a batch norm into this convolution (or replacing this batch norm by an
         # identity) would change the hooked output; elsewhere merging stays
         return ("merge_batchnorm",) if isinstance(layer, (nn.Conv2d, nn.BatchNorm2d)) else ()
 
+    def _check_calls(self, extra: dict, calls: int) -> None:
+        if calls != 1:
+            raise InputError(
+                f"{extra['where']} runs {calls} times in one forward pass; Grad-CAM needs one "
+                "activation (choose a module that runs once)"
+            )
+
+    def _layout(self, extra: dict, shape) -> None:
+        if shape is None:
+            raise InputError(f"{extra['where']} does not output a tensor")
+        cfg = self.config
+        extra["layout"] = resolve_layout(
+            tuple(shape), extra["size"], cfg.reshape, cfg.prefix_tokens,
+            where=extra["where"], module=extra.pop("layer_module", None),
+        )  # fmt: skip
+
     def install(self, ctx: Context) -> None:
+        extra = ctx.extra
+
+        def start(_m, _args):
+            extra["calls"] = 0
+            extra.pop("activation", None)
+
         def keep(_m, _args, out):
-            if not isinstance(out, torch.Tensor):
-                raise InputError(f"{self.name}: layer {name!r} does not output a tensor")
-            ctx.extra["activation"] = out
+            extra["calls"] += 1
+            if extra["calls"] > 1:
+                self._check_calls(extra, extra["calls"])
+            if "layout" not in extra:
+                self._layout(extra, out.shape if isinstance(out, torch.Tensor) else None)
+            extra["activation"] = out
             return out.clone()  # later in-place ops change the clone, not the activation
 
-        name = ctx.extra["layer_name"]
-        ctx.extra["hook"] = ctx.prep.layer(name).register_forward_hook(keep)
+        extra["hooks"] = [
+            ctx.prep.model.register_forward_pre_hook(start),
+            ctx.prep.layer(extra["layer_name"]).register_forward_hook(keep),
+        ]
 
     def teardown(self, ctx: Context) -> None:
-        if "hook" in ctx.extra:
-            ctx.extra.pop("hook").remove()
+        for hook in ctx.extra.pop("hooks", ()):
+            hook.remove()
         ctx.extra.pop("activation", None)
 
     def make_rows(self, ctx: Context, start: int, stop: int) -> Rows:
@@ -105,7 +138,9 @@ class GradCam(PairAttributor):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer's activation and ``d(out . grad_out)/d activation``, both [r, K, h, w]
         (detached; graph retained)."""
-        act = ctx.extra["activation"]
+        act = ctx.extra.get("activation")
+        if act is None:
+            raise InputError(f"{ctx.extra['where']} did not run in the forward pass")
         grad = torch.autograd.grad(out, act, grad_out, retain_graph=True)[0]
         layout = ctx.extra["layout"]
         return layout.to_nchw(act.detach()), layout.to_nchw(grad)
