@@ -142,6 +142,20 @@ def test_grad_cam_equals_captum_at_layer(name, layer):
     _compare("grad_cam", clf, x, {"layer": layer, "relu": False, "interpolate": "bilinear"})
 
 
+GUIDED_CASES = [
+    ("resnet18_tv", "relu"),  # crashed inside autograd before (the rules replace its output)
+    ("resnet18_tv", "layer3.1.bn2"),
+    ("mobilenet_v3_small", "features.9.block.0.0"),  # conv followed by BatchNorm
+    ("densenet_small", "features"),
+]
+
+
+@pytest.mark.parametrize(("name", "layer"), GUIDED_CASES)
+def test_guided_grad_cam_equals_captum_at_layer(name, layer):
+    clf = zoo_model(name)
+    _compare("guided_grad_cam", clf, zoo_input(clf), {"layer": layer, "interpolate": "nearest"})
+
+
 def _reshape_transform(kind: str, grid: int):
     if kind == "nhwc":
         return lambda t: t.permute(0, 3, 1, 2)
