@@ -14,6 +14,7 @@ to them (surgery builds new tensors; tests check the caller's values afterwards)
 
 from __future__ import annotations
 
+import collections
 import copy
 import types
 from collections.abc import Callable, Iterable
@@ -81,7 +82,7 @@ def _copy(module: nn.Module, memo: dict[int, object]):
             # e.g. a patched ``forward``: bind it to the copy, as copy.deepcopy does
             value = types.MethodType(value.__func__, _copy(value.__self__, memo))
         elif isinstance(value, (dict, list, set)) and key not in _STATE_DICTS:
-            value = copy.copy(value)
+            value = _shallow(value)
         state[key] = value
     state["_parameters"] = {k: _param(p, memo) for k, p in module._parameters.items()}
     state["_buffers"] = {k: _buffer(b, memo) for k, b in module._buffers.items()}
@@ -90,6 +91,15 @@ def _copy(module: nn.Module, memo: dict[int, object]):
     }
     new.__dict__.update(state)
     return new
+
+
+def _shallow(value):
+    """``copy.copy(value)``; hook dictionaries (``OrderedDict``) directly: ``copy.copy`` takes
+    ``__reduce_ex__`` for them and recomputes their slot names each time (~0.1 ms, a tenth of a
+    second per copy of a 300-module model)."""
+    if type(value) is collections.OrderedDict:
+        return collections.OrderedDict(value)
+    return copy.copy(value)
 
 
 def _param(p, memo):
