@@ -169,7 +169,7 @@ def pytorch_grad_cam_maps(clf, x, layer: str, kind: str, relu: bool) -> torch.Te
 
     module = clf.forward_module()
     target = module_layer(module, layer)
-    grid = clf.min_input_size // 8  # zoo ViTs: patch size 8
+    grid = clf.min_input_size // 8  # zoo ViTs: patch size 8 (Swin layers are NHWC: unused)
     maps = []
     for t in LABELS:
         cam = GradCAM(module, [target], reshape_transform=_reshape_transform(kind, grid))
@@ -188,11 +188,21 @@ def pytorch_grad_cam_maps(clf, x, layer: str, kind: str, relu: bool) -> torch.Te
     return torch.stack(maps, 1)
 
 
-@pytest.mark.parametrize("name", TOKEN_LAYERS)
-def test_grad_cam_on_token_and_channels_last_layers_equals_pytorch_grad_cam(name):
+#: more token / NHWC layers per model (norms, attention outputs, Swin's patch embedding)
+MORE_TOKEN_LAYERS = [
+    ("vit_tv", "encoder.layers.encoder_layer_1.ln_1", "cls"),
+    ("vit_timm_fused", "blocks.1.norm1", "cls"),
+    ("vit_timm_unfused", "blocks.0.attn", "cls"),
+    ("swin_small_cfg", "features.1", "nhwc"),
+    ("swin_small_cfg", "features.0", "nhwc"),
+]
+TOKEN_CASES = [(m, layer, kind) for m, (layer, kind) in TOKEN_LAYERS.items()] + MORE_TOKEN_LAYERS
+
+
+@pytest.mark.parametrize(("name", "layer", "kind"), TOKEN_CASES)
+def test_grad_cam_on_token_and_channels_last_layers_equals_pytorch_grad_cam(name, layer, kind):
     clf = zoo_model(name)
     x = zoo_input(clf)
-    layer, kind = TOKEN_LAYERS[name]
     att = xl.get_attributor("grad_cam", layer=layer, relu=False)  # layout auto-detected
     with assert_untouched(clf.module):
         res = att.attribute(clf, x, LABELS)
