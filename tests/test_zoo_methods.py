@@ -282,7 +282,7 @@ def _cube() -> xl.Classifier:
 def test_an_ambiguous_layout_is_an_error_and_reshape_resolves_it():
     clf = _cube()
     x = torch.rand(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(xl.InputError, match="reshape='nchw' or reshape='nhwc'"):
+    with assert_untouched(clf.module), pytest.raises(xl.InputError, match="reshape='nchw' or"):
         xl.get_attributor("grad_cam", layer="mix").attribute(clf, x, LABELS)
     # the convolution itself is NCHW by definition: no ambiguity
     conv = xl.get_attributor("grad_cam", layer="conv", relu=False).attribute(clf, x, LABELS)
@@ -309,5 +309,8 @@ def test_a_layer_that_runs_twice_is_refused():
     clf = zoo_model("resnet18_tv")
     x = zoo_input(clf)
     for method in ("grad_cam", "guided_grad_cam"):  # BasicBlock calls self.relu twice
-        with pytest.raises(xl.InputError, match=r"'layer2.1.relu' \(ReLU\) runs 2 times"):
+        with (
+            assert_untouched(clf.module),
+            pytest.raises(xl.InputError, match=r"'layer2.1.relu' \(ReLU\) runs 2 times"),
+        ):
             xl.get_attributor(method, layer="layer2.1.relu").attribute(clf, x, LABELS)
