@@ -124,7 +124,19 @@ class PairAttributor(Attributor):
         """Prepare per-call data (baselines, random draws from ``ctx.gen``) in ``ctx.extra``."""
 
     def teardown(self, ctx: Context) -> None:
-        """Release what :meth:`setup` installed (always called)."""
+        """Release what :meth:`setup` or :meth:`install` installed (always called)."""
+
+    def inspect(
+        self, clf: Classifier, x: torch.Tensor, model: nn.Module, inner: nn.Module, extra: dict
+    ) -> tuple[str, ...]:
+        """Look at the prepared copy before surgery (``model`` wraps ``inner``, on ``x``'s
+        device); may keep data in ``extra`` (becomes ``ctx.extra``). Returns the surgery steps
+        to leave out."""
+        return ()
+
+    def install(self, ctx: Context) -> None:
+        """Install forward hooks that must see each module's final output: called after the
+        backward rules' hooks are registered (so they run after them), before any forward."""
 
     def make_rows(self, ctx: Context, start: int, stop: int) -> Rows:
         """Rows ``start:stop`` (row ``j`` belongs to unit ``j // rows_per_unit``)."""
@@ -152,12 +164,17 @@ class PairAttributor(Attributor):
             self._amp_warned = True
             log.warning("%s: amp=%r is ignored: gradient methods run in full precision",
                         self.name, self.engine.amp)  # fmt: skip
-        prep = prepare(clf, output, self.pipeline, self.engine)
+        extra: dict[str, Any] = {}
+
+        def inspect(model, inner, device):
+            return self.inspect(clf, x.to(device), model, inner, extra)
+
+        prep = prepare(clf, output, self.pipeline, self.engine, inspect)
         x = x.to(prep.device)
         gen = generator(getattr(self.config, "seed", None), x.device)
         units = make_units(x, getattr(self.config, "noise_tunnel", None), self.config, gen)
         label, pair = _rounds(plan)
-        ctx = Context(clf, prep, x, plan, units, 1, label, pair, gen=gen)
+        ctx = Context(clf, prep, x, plan, units, 1, label, pair, gen=gen, extra=extra)
         self.setup(ctx)
         try:
             ctx.rows_per_unit = self.rows_per_unit(ctx)
@@ -166,6 +183,7 @@ class PairAttributor(Attributor):
             acc = _Accumulator(ctx, self.has_delta)
             chunk = self.chunk_rows(ctx) or self._plan(ctx, output)
             with ctx.rules if ctx.rules is not None else contextlib.nullcontext():
+                self.install(ctx)
                 self.engine.map_chunks(
                     lambda a, b: acc.commit(b, *self._run_chunk(ctx, a, b)),
                     ctx.n_rows,

@@ -31,6 +31,15 @@ IG_METHODS = (
     "riemann_middle",
 )
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area")
+#: layouts of a Grad-CAM layer's output (see :class:`GradCamConfig`)
+CAM_LAYOUTS = ("auto", "nchw", "nhwc", "tokens")
+
+
+def _prefix_tokens(_inst, _attr, value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise InputError(f"prefix_tokens must be None or an int >= 0, got {value!r}")
+
+
 DISTRIBUTIONS = ("uniform", "blur")
 
 
@@ -237,11 +246,18 @@ class GradCamConfig(NoiseTunnelConfig):
             ``cam_layer``.
         relu: keep only positive evidence (the Grad-CAM paper; Captum's default is False).
         interpolate: upsampling mode (``"bilinear"``, ``"nearest"``, ...).
+        reshape: layout of the layer's output: ``"nchw"`` [N, K, h, w], ``"nhwc"``
+            [N, h, w, K] (Swin), ``"tokens"`` [N, T, K] (ViT; ``prefix_tokens`` class/register
+            tokens first, then an h x w grid), or ``"auto"``: inferred from the shape and the
+            input's aspect ratio; an ambiguous shape is an error asking for one of the others.
+        prefix_tokens: tokens before the grid (``"tokens"`` layout); None: 0 or 1, inferred.
     """
 
     layer: str | None = None
     relu: bool = True
     interpolate: str = attrs.field(default="bilinear", validator=_in(INTERPOLATIONS, "interpolate"))
+    reshape: str = attrs.field(default="auto", validator=_in(CAM_LAYOUTS, "reshape"))
+    prefix_tokens: int | None = attrs.field(default=None, validator=_prefix_tokens)
 
 
 @attrs.define
@@ -249,9 +265,11 @@ class GuidedGradCamConfig(NoiseTunnelConfig):
     """Guided Grad-CAM: guided backprop times the (ReLU-ed) upsampled Grad-CAM.
 
     Attributes:
-        layer: as Grad-CAM's.
+        layer, reshape, prefix_tokens: as Grad-CAM's.
         interpolate: upsampling mode of the CAM (Captum's default is ``"nearest"``).
     """
 
     layer: str | None = None
     interpolate: str = attrs.field(default="bilinear", validator=_in(INTERPOLATIONS, "interpolate"))
+    reshape: str = attrs.field(default="auto", validator=_in(CAM_LAYOUTS, "reshape"))
+    prefix_tokens: int | None = attrs.field(default=None, validator=_prefix_tokens)

@@ -6,9 +6,10 @@ The engine sizes chunks from a probe of one item (one input of batch size 1):
   backward for gradient work), above what was allocated before. Exact for this model and input
   size, conservative (it includes the fixed overhead, e.g. cuDNN workspaces).
 - CPU, gradient work: the bytes autograd saves for the backward pass of one item (saved-tensor
-  hooks, on fake tensors: shapes only, no arithmetic; the slope between 1 and 2 items, so
-  saved weights do not count per item), plus the transient gradient buffers of the backward
-  pass (``GRAD_TRANSIENTS`` x the largest activation), times a safety margin.
+  hooks on one forward of one item, parameters and buffers left out since they do not grow
+  with the batch; on fake tensors, shapes only, no arithmetic, except for small images, whose
+  real forward is cheaper), plus the transient gradient buffers of the backward pass
+  (``GRAD_TRANSIENTS`` x the largest activation), times a safety margin.
 - CPU, no-grad work: the bytes of every leaf module's output (forward hooks on a real 1-item
   forward) times a factor; a no-grad forward frees activations as it goes, so it is small.
 - CPU, fixed: one copy of the parameters per chunk (oneDNN reorders weights).
@@ -34,6 +35,8 @@ CPU_MARGIN_GRAD = 1.15
 CPU_FACTOR_GRAD = 1.6
 #: CPU no-grad forward (inference_mode): leaf-output bytes x this factor
 CPU_FACTOR_NO_GRAD = 0.35
+#: CPU backward probe: inputs of at most this many elements are probed on real tensors
+REAL_PROBE_MAX_ELEMENTS = 3 * 128 * 128
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -103,19 +106,56 @@ def saved_bytes(module: nn.Module, example: torch.Tensor) -> int:
     return sum(seen.values())
 
 
+def _saved_and_largest(module: nn.Module, example: torch.Tensor, skip: set[int]) -> tuple[int, int]:
+    """Bytes autograd saves in one forward of ``example`` (storages in ``skip`` left out) and
+    the largest leaf module output, from the same forward."""
+    seen: dict[int, int] = {}
+    largest = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage._cdata not in skip:
+            seen.setdefault(storage._cdata, storage.nbytes())
+        return t
+
+    def leaf(_m, _inp, out):
+        nonlocal largest
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                largest = max(largest, tensor_bytes(t))
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(leaf) for m in leaves]
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    try:
+        with eval_mode(module), torch.enable_grad(), hooks:
+            module(example.detach().clone().requires_grad_(True))
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(seen.values()), largest
+
+
 def cpu_grad_item_bytes(module: nn.Module, example: torch.Tensor) -> tuple[int, str]:
     """Backward working memory of one item on the CPU, and how it was estimated."""
+    # parameters and buffers (saved as the real tensors) do not grow with the batch: leaving
+    # them out makes one forward enough (the slope between two batch sizes took two)
+    weights = {t.untyped_storage()._cdata for t in (*module.parameters(), *module.buffers())}
     try:
-        from torch._subclasses.fake_tensor import FakeTensorMode
+        if example.dim() == 4 and example[:1].numel() <= REAL_PROBE_MAX_ELEMENTS:
+            # a small image: a real forward is cheaper than a fake one (~1 ms per op) and
+            # holds no more than the item itself will
+            per_item_saved, largest = _saved_and_largest(module, example[:1], weights)
+        else:
+            from torch._subclasses.fake_tensor import FakeTensorMode
 
-        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-            one = mode.from_tensor(example[:1])
-            slope = saved_bytes(module, torch.cat([one, one])) - saved_bytes(module, one)
-            largest = _leaf_outputs(module, one)[1]
+            with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+                one = mode.from_tensor(example[:1])
+                per_item_saved, largest = _saved_and_largest(module, one, weights)
     except Exception:  # fake tensors cannot run this model: leaf outputs x calibrated factor
         acts = activation_bytes(module, example, fake=False)
         return int(acts * CPU_FACTOR_GRAD), f"cpu activations x {CPU_FACTOR_GRAD}"
-    per_item = int((slope + GRAD_TRANSIENTS * largest) * CPU_MARGIN_GRAD)
+    per_item = int((per_item_saved + GRAD_TRANSIENTS * largest) * CPU_MARGIN_GRAD)
     return per_item, f"cpu saved tensors x {CPU_MARGIN_GRAD}"
 
 
