@@ -17,6 +17,7 @@ Stable API (see ``docs/evaluation.md``):
 
 from __future__ import annotations
 
+from xraylens.evaluate.faithfulness import Curves, perturbation_curves
 from xraylens.evaluate.localisation import (
     area_share,
     binarise,
@@ -32,6 +33,7 @@ from xraylens.evaluate.results import COLUMNS, SUMMARY_STATS, Results, Summary, 
 
 __all__ = [
     "COLUMNS",
+    "Curves",
     "SUMMARY_STATS",
     "Results",
     "Summary",
@@ -40,6 +42,7 @@ __all__ = [
     "binarise",
     "iou",
     "otsu_threshold",
+    "perturbation_curves",
     "pixel_auroc",
     "pointing_game",
     "rank_accuracy",
