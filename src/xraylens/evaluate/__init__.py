@@ -17,6 +17,7 @@ Stable API (see ``docs/evaluation.md``):
 
 from __future__ import annotations
 
+from xraylens.evaluate.complexity import entropy, sparseness
 from xraylens.evaluate.faithfulness import Curves, perturbation_curves
 from xraylens.evaluate.localisation import (
     area_share,
@@ -40,6 +41,7 @@ __all__ = [
     "Table",
     "area_share",
     "binarise",
+    "entropy",
     "iou",
     "otsu_threshold",
     "perturbation_curves",
@@ -48,4 +50,5 @@ __all__ = [
     "rank_accuracy",
     "region_share",
     "share_ratio",
+    "sparseness",
 ]
