@@ -30,12 +30,14 @@ from xraylens.evaluate.localisation import (
     region_share,
     share_ratio,
 )
+from xraylens.evaluate.randomisation import RandomisationResult, randomisation_check
 from xraylens.evaluate.results import COLUMNS, SUMMARY_STATS, Results, Summary, Table
 
 __all__ = [
     "COLUMNS",
     "Curves",
     "SUMMARY_STATS",
+    "RandomisationResult",
     "Results",
     "Summary",
     "Table",
@@ -47,6 +49,7 @@ __all__ = [
     "perturbation_curves",
     "pixel_auroc",
     "pointing_game",
+    "randomisation_check",
     "rank_accuracy",
     "region_share",
     "share_ratio",
