@@ -18,10 +18,10 @@ from xraylens.commands.common import UsageError, plain
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    """Print classifiers, attributors and profilers with the plugin that registered each."""
+    """Print every plugin kind's entries with the plugin that registered each."""
     from xraylens import plugins
 
-    kinds = [args.kind] if args.kind else ["classifier", "attributor", "profiler"]
+    kinds = [args.kind] if args.kind else list(plugins.KINDS)
     table = {kind: plugins.entries(kind) for kind in kinds}
     if args.json:
         data = {
@@ -97,14 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"xraylens {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from xraylens.plugins import KINDS
+
+    kinds = ", ".join(f"{k}s" for k in KINDS)
     p = sub.add_parser(
         "list",
-        help="list classifiers, attributors and profilers",
-        description="List the registered classifiers, attributors and profilers, with the "
-        "plugin (and distribution) that registered each.",
+        help=f"list {kinds}",
+        description=f"List the registered {kinds}, with the plugin (and distribution) that "
+        "registered each.",
         parents=[verbose],
     )
-    p.add_argument("--kind", choices=("classifier", "attributor", "profiler"))
+    p.add_argument("--kind", choices=tuple(KINDS))
     p.add_argument("-l", "--long", action="store_true", help="show parameters and presets")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_list)

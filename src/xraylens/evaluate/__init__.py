@@ -30,6 +30,7 @@ from xraylens.evaluate.localisation import (
     region_share,
     share_ratio,
 )
+from xraylens.evaluate.metric import Metric
 from xraylens.evaluate.randomisation import RandomisationResult, randomisation_check
 from xraylens.evaluate.results import COLUMNS, SUMMARY_STATS, Results, Summary, Table
 
@@ -37,6 +38,7 @@ __all__ = [
     "COLUMNS",
     "Curves",
     "SUMMARY_STATS",
+    "Metric",
     "RandomisationResult",
     "Results",
     "Summary",
