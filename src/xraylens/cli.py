@@ -1,7 +1,8 @@
 """The ``xraylens`` command line.
 
 Subcommands: ``list`` (registered plugins), ``explain`` (attribution maps for image files),
-``profile`` (Neuron Activation Profiles of a dataset) and ``demo`` (the offline demo). Exit
+``profile`` (Neuron Activation Profiles of a dataset), ``demo`` (the offline demo) and
+``evaluate`` (score explained maps against masks). Exit
 status: 0 success, 1 failure or partial failure (e.g. some images unreadable), 2 usage error,
 130 interrupted. Errors print as one line; ``-v`` adds the traceback and the library's log.
 """
@@ -86,7 +87,7 @@ def _verbosity() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The ``xraylens`` argument parser (subcommands and their options)."""
     from xraylens import __version__
-    from xraylens.commands import demo, explain, profile
+    from xraylens.commands import demo, evaluate, explain, profile
 
     verbose = _verbosity()
     parser = argparse.ArgumentParser(
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--long", action="store_true", help="show parameters and presets")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_list)
-    for module in (explain, profile, demo):
+    for module in (explain, profile, demo, evaluate):
         module.add_parser(sub, parents=[verbose])
     return parser
 
