@@ -17,6 +17,7 @@ Stable API (see ``docs/evaluation.md``):
 
 from __future__ import annotations
 
+from xraylens.evaluate.activation import area_fractions, energy_share, roc_auc
 from xraylens.evaluate.complexity import entropy, sparseness
 from xraylens.evaluate.faithfulness import Curves, perturbation_curves
 from xraylens.evaluate.localisation import (
@@ -43,8 +44,10 @@ __all__ = [
     "Results",
     "Summary",
     "Table",
+    "area_fractions",
     "area_share",
     "binarise",
+    "energy_share",
     "entropy",
     "iou",
     "otsu_threshold",
@@ -54,6 +57,7 @@ __all__ = [
     "randomisation_check",
     "rank_accuracy",
     "region_share",
+    "roc_auc",
     "share_ratio",
     "sparseness",
 ]
