@@ -104,7 +104,7 @@ def test_linear_imputation_matches_quantus():
     removed = torch.zeros(400, dtype=torch.bool)
     removed[idx] = True
     ours = linear_imputation(torch.from_numpy(x)[None], removed.view(1, 1, 20, 20))[0]
-    np.testing.assert_allclose(ours.numpy(), ref, atol=1e-6)
+    np.testing.assert_allclose(ours.numpy(), ref, atol=1e-5)  # CG to a relative residual 1e-6
 
 
 def _quantus_model(model):

@@ -5,7 +5,8 @@ equals the weighted mean of its 8 neighbours (weights 1/6 direct, 1/12 diagonal;
 outside the image left out), plus Gaussian noise. Quantus solves it per image with a sparse
 LU; here it is solved for a whole batch at once by conjugate gradients on the 3x3 stencil
 (the operator is symmetric positive definite on the removed pixels whenever every removed
-region touches a kept pixel), to a relative residual of ``tol``.
+region touches a kept pixel), started from a push-pull fill, to a relative residual of
+``tol`` (1e-6: about 1e-5 from the exact solution, against ROAD's noise of 1e-2).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def linear_imputation(
     x: torch.Tensor,
     removed: torch.Tensor,
     *,
-    tol: float = 1e-8,
-    max_iter: int = 2000,
+    tol: float = 1e-6,
+    max_iter: int = 5000,
 ) -> torch.Tensor:
     """ROAD's linear imputation without noise: x [B, C, H, W], removed bool [B, 1, H, W].
 
@@ -56,8 +57,10 @@ def linear_imputation(
         return -unknown * laplacian(unknown * z)
 
     rhs = unknown * laplacian(known)  # moves the known neighbours to the right-hand side
-    z = torch.zeros_like(x)
-    r = rhs.clone()
+    # start from a push-pull fill (the kept pixels' mean at coarser and coarser scales): it
+    # removes the smooth part of the error that plain CG would spend most iterations on
+    z = unknown * _push_pull(known, 1 - unknown)
+    r = rhs - op(z)
     p = r.clone()
     rs = (r * r).flatten(1).sum(-1)
     stop = (tol**2) * rs.clamp(min=1e-300)
@@ -74,6 +77,23 @@ def linear_imputation(
         p = r + beta[:, None, None, None] * p
         rs = rs_new
     return (known + unknown * z).to(orig_dtype)
+
+
+def _push_pull(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Fill where ``weight`` is 0 with weighted means from coarser levels (2x2 pooling)."""
+    if min(values.shape[-2:]) <= 1 or bool((weight > 0).all()):
+        return values / weight.clamp(min=1e-12)
+    pad_h, pad_w = values.shape[-2] % 2, values.shape[-1] % 2
+    v = F.pad(values, (0, pad_w, 0, pad_h))
+    w = F.pad(weight, (0, pad_w, 0, pad_h))
+    coarse_v = F.avg_pool2d(v, 2) * 4
+    coarse_w = F.avg_pool2d(w, 2) * 4
+    filled = _push_pull(coarse_v, coarse_w)
+    up = F.interpolate(filled, scale_factor=2, mode="nearest")[
+        ..., : values.shape[-2], : values.shape[-1]
+    ]
+    fine = values / weight.clamp(min=1e-12)
+    return torch.where(weight > 0, fine, up)
 
 
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

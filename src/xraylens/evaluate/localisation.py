@@ -199,16 +199,28 @@ def iou(maps: Any, region: Any, threshold: str | float = "otsu") -> torch.Tensor
     return torch.where(constant | empty, torch.nan, value)
 
 
+def _tied_ranks(srt: torch.Tensor) -> torch.Tensor:
+    """Mean 1-based ranks (ties averaged) of the sorted rows ``srt`` [B, P], in sorted order."""
+    b, p = srt.shape
+    pos = torch.arange(p).expand(b, p)
+    new = torch.ones(b, p, dtype=torch.bool)
+    new[:, 1:] = srt[:, 1:] != srt[:, :-1]  # first element of each tie group
+    first = torch.where(new, pos, 0).cummax(-1).values
+    last_flag = torch.ones(b, p, dtype=torch.bool)
+    last_flag[:, :-1] = new[:, 1:]  # last element of each tie group
+    last = torch.where(last_flag, pos, p).flip(-1).cummin(-1).values.flip(-1)
+    return (first + last + 2).double() / 2
+
+
 def pixel_auroc(maps: Any, region: Any) -> torch.Tensor:
     """Area under the ROC curve of pixel values as scores for region membership: float64
     [N, T] (0.5 chance, ties averaged); NaN when the region is empty or covers every pixel."""
 
     def auroc(a, s):
-        srt = a.sort(-1).values
-        low = torch.searchsorted(srt, a, right=False)
-        high = torch.searchsorted(srt, a, right=True)
-        ranks = (low + high + 1).double() / 2  # mean 1-based rank over ties
+        srt, order = a.sort(-1)
+        ranks = _tied_ranks(srt)  # in sorted order
         p = s.sum(-1).double()
+        s = torch.gather(s, 1, order)
         q = s.shape[1] - p
         value = ((ranks * s).sum(-1) - p * (p + 1) / 2) / (p * q).clamp(min=1)
         return torch.where((p > 0) & (q > 0), value, torch.nan)
