@@ -69,3 +69,18 @@ def test_usage_errors(explained, capsys):
     assert main(["evaluate", str(explained / "out"), "--masks", str(explained / "masks"),
                  "--metrics", "region_shar"]) == 2  # fmt: skip
     assert "region_share" in capsys.readouterr().err
+
+
+@pytest.mark.realdata
+def test_evaluate_with_the_datasets_lung_masks(shared_data, tmp_path):
+    masks = sorted((shared_data / "lung-masks" / "covid-chestxray").glob("*.png"))[:2]
+    images = [next((shared_data / "covid-chestxray" / "images").glob(f"{m.stem}.*")) for m in masks]
+    out = str(tmp_path / "out")
+    assert main(["explain", *map(str, images), "--method", "saliency", "--labels", "COVID-19",
+                 "--size", "64", "--out", out, "--no-png", "-q"]) == 0  # fmt: skip
+    assert main(["evaluate", str(tmp_path / "out"), "--data", str(shared_data), "--metrics",
+                 "region_share,pointing_game", "--n-boot", "20", "-q"]) == 0  # fmt: skip
+    table = Results.read(tmp_path / "out" / "evaluation" / "results.csv")
+    assert len(table) == 2 * 2
+    assert all(r["patient_id"].startswith("covid-chestxray:") for r in table)
+    assert all(0 <= r["value"] <= 1 for r in table)
