@@ -69,6 +69,8 @@ def faithfulness(args, rows):
          quantus.ROAD, dict(percentages=list(range(10, 100, 10)), noise=0.01)),
     ]  # fmt: skip
     for name, ours_kw, q_cls, q_kw in cases:
+        if name in args.skip:
+            continue
         q_labels = list(range(args.quantus_labels if name == "deletion" else args.road_labels))
         scale = 14 / len(q_labels)
         t_ours, curves = _time(lambda kw=ours_kw: ev.perturbation_curves(clf, x, res, **kw))
@@ -134,7 +136,9 @@ def main(argv=None) -> dict:
     p.add_argument("--road-labels", type=int, default=2, help="ROAD: Quantus labels run")
     p.add_argument("--loc-images", type=int, default=500)
     p.add_argument("--loc-quantus-images", type=int, default=50)
-    p.add_argument("--skip", default="", help="comma list: faithfulness, localisation")
+    p.add_argument(
+        "--skip", default="", help="comma list of: faithfulness, deletion, road, localisation"
+    )
     args = p.parse_args(argv)
     env = environment("cpu")
     rows: list[dict] = []
