@@ -160,3 +160,16 @@ def test_empty_region_is_nan_not_a_number():
     empty = torch.zeros(1, 8, 8, dtype=torch.bool)
     for fn in (ev.iou, ev.pointing_game, ev.pixel_auroc, ev.rank_accuracy, ev.share_ratio):
         assert fn(maps, empty).isnan().all(), fn.__name__
+
+
+def test_rank_accuracy_breaks_ties_by_pixel_order():
+    masks = _blob_masks(3)
+    g = torch.Generator().manual_seed(6)
+    maps = (torch.rand(3, 2, 16, 16, generator=g) * 3).round()  # heavy ties at the K-th value
+    ours = ev.rank_accuracy(maps, masks)
+    for i in range(3):
+        k = int(masks[i].sum())
+        for t in range(2):
+            order = torch.argsort(maps[i, t].flatten(), descending=True, stable=True)[:k]
+            want = masks[i].flatten()[order].double().mean()
+            assert ours[i, t].item() == pytest.approx(want.item())

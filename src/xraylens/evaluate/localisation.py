@@ -36,7 +36,9 @@ def _rows(
     step = max(1, _CHUNK_PIXELS // (t * h * w))  # images per chunk
     out = [
         # reshape copies a broadcast region, so only one chunk at a time
-        fn(a[i : i + step].reshape(-1, h * w).double(), s[i : i + step].reshape(-1, h * w))
+        # the maps' own float dtype: order and comparisons are exact in it; sums accumulate
+        # in float64
+        fn(a[i : i + step].reshape(-1, h * w), s[i : i + step].reshape(-1, h * w))
         for i in range(0, n, step)
     ]
     return torch.cat(out).reshape(n, t)
@@ -60,8 +62,8 @@ def region_share(maps: Any, region: Any) -> torch.Tensor:
 
     def share(a, s):
         pos = a.clamp(min=0)
-        total = pos.sum(-1)
-        inside = (pos * s).sum(-1)
+        total = pos.sum(-1, dtype=torch.float64)
+        inside = torch.where(s, pos, 0).sum(-1, dtype=torch.float64)
         return torch.where(total > 0, inside / total, torch.nan)
 
     return _rows(share, maps, region)
@@ -89,11 +91,24 @@ def rank_accuracy(maps: Any, region: Any) -> torch.Tensor:
     Ties at the K-th value are broken by pixel order (Quantus: by numpy's argsort)."""
 
     def rank(a, s):
+        # the K-th largest value by selection (O(P), unlike a sort), rows grouped by K: with
+        # one mask per image, an image's T maps share it
+        b, p = a.shape
         k = s.sum(-1)
-        order = torch.argsort(a, dim=-1, descending=True, stable=True)
-        hits = torch.gather(s, 1, order)
-        top = torch.arange(a.shape[1])[None] < k[:, None]
-        return _empty_nan((hits & top).sum(-1).double() / k.clamp(min=1), s)
+        out = torch.full((b,), torch.nan, dtype=torch.float64)
+        for kk in k.unique().tolist():
+            rows = (k == kk).nonzero()[:, 0]
+            if kk == 0:
+                continue
+            ar, sr = a[rows], s[rows]
+            v = ar.kthvalue(p - kk + 1, dim=-1).values[:, None]
+            greater = ar > v
+            eq = ar == v
+            # of the pixels equal to the K-th value, the first ones in pixel order fill the top K
+            room = kk - greater.sum(-1, keepdim=True)
+            top = greater | (eq & (eq.cumsum(-1) <= room))
+            out[rows] = (top & sr).sum(-1).double() / kk
+        return out
 
     return _rows(rank, maps, region)
 
@@ -200,7 +215,8 @@ def iou(maps: Any, region: Any, threshold: str | float = "otsu") -> torch.Tensor
 
 
 def _tied_ranks(srt: torch.Tensor) -> torch.Tensor:
-    """Mean 1-based ranks (ties averaged) of the sorted rows ``srt`` [B, P], in sorted order."""
+    """Twice the mean 1-based ranks (ties averaged) of the sorted rows ``srt`` [B, P], in
+    sorted order (int64)."""
     b, p = srt.shape
     pos = torch.arange(p).expand(b, p)
     new = torch.ones(b, p, dtype=torch.bool)
@@ -209,7 +225,7 @@ def _tied_ranks(srt: torch.Tensor) -> torch.Tensor:
     last_flag = torch.ones(b, p, dtype=torch.bool)
     last_flag[:, :-1] = new[:, 1:]  # last element of each tie group
     last = torch.where(last_flag, pos, p).flip(-1).cummin(-1).values.flip(-1)
-    return (first + last + 2).double() / 2
+    return first + last + 2  # twice the rank: integers, summed exactly
 
 
 def pixel_auroc(maps: Any, region: Any) -> torch.Tensor:
@@ -218,11 +234,12 @@ def pixel_auroc(maps: Any, region: Any) -> torch.Tensor:
 
     def auroc(a, s):
         srt, order = a.sort(-1)
-        ranks = _tied_ranks(srt)  # in sorted order
+        ranks2 = _tied_ranks(srt)  # in sorted order
         p = s.sum(-1).double()
         s = torch.gather(s, 1, order)
         q = s.shape[1] - p
-        value = ((ranks * s).sum(-1) - p * (p + 1) / 2) / (p * q).clamp(min=1)
+        rank_sum = torch.where(s, ranks2, 0).sum(-1).double() / 2
+        value = (rank_sum - p * (p + 1) / 2) / (p * q).clamp(min=1)
         return torch.where((p > 0) & (q > 0), value, torch.nan)
 
     return _rows(auroc, maps, region)
