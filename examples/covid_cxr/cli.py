@@ -1,6 +1,7 @@
 """Command line: ``python -m examples.covid_cxr <step>[,<step>...] [options]``.
 
-Steps: prepare, train, evaluate, ensemble, explain, profile, report, or all (every step in that
+Steps: prepare, train, evaluate, ensemble, explain, evaluate-maps (attribution inside the lung
+masks, :mod:`examples.covid_cxr.evaluate_maps`), profile, report, or all (every step in that
 order). Run it from the repository root; under ``torchrun --nproc_per_node=N -m
 examples.covid_cxr ...`` the steps use N processes (see :mod:`examples.covid_cxr.distributed`).
 Later steps read the settings that ``prepare`` stored in ``<out>/run.json``, so
@@ -25,12 +26,15 @@ from examples.covid_cxr.data import read_json, resolve_data
 from examples.covid_cxr.distributed import setup, teardown
 from xraylens.errors import XraylensError
 
-STEPS = ("prepare", "train", "evaluate", "ensemble", "explain", "profile", "report")
+STEPS = (
+    "prepare", "train", "evaluate", "ensemble", "explain", "evaluate-maps", "profile", "report",
+)  # fmt: skip
 
 
 def _step_functions() -> dict[str, Callable[[Run], object]]:
     from examples.covid_cxr.ensemble import ensemble
     from examples.covid_cxr.evaluate import evaluate
+    from examples.covid_cxr.evaluate_maps import evaluate_maps
     from examples.covid_cxr.explain import explain
     from examples.covid_cxr.prepare import prepare
     from examples.covid_cxr.profile import profile
@@ -43,6 +47,7 @@ def _step_functions() -> dict[str, Callable[[Run], object]]:
         "evaluate": evaluate,
         "ensemble": ensemble,
         "explain": explain,
+        "evaluate-maps": evaluate_maps,
         "profile": profile,
         "report": report,
     }
@@ -64,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m examples.covid_cxr",
         description="The paper's recipe end to end: prepare, train, evaluate, ensemble, explain, "
-        "profile, report.",
+        "evaluate-maps, profile, report.",
     )
     ap.add_argument("steps", help=f"one of {', '.join(STEPS)}, all; or several, comma-separated")
     ap.add_argument(

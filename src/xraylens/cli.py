@@ -1,7 +1,8 @@
 """The ``xraylens`` command line.
 
 Subcommands: ``list`` (registered plugins), ``explain`` (attribution maps for image files),
-``profile`` (Neuron Activation Profiles of a dataset) and ``demo`` (the offline demo). Exit
+``profile`` (Neuron Activation Profiles of a dataset), ``demo`` (the offline demo) and
+``evaluate`` (score explained maps against masks). Exit
 status: 0 success, 1 failure or partial failure (e.g. some images unreadable), 2 usage error,
 130 interrupted. Errors print as one line; ``-v`` adds the traceback and the library's log.
 """
@@ -18,10 +19,10 @@ from xraylens.commands.common import UsageError, plain
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    """Print classifiers, attributors and profilers with the plugin that registered each."""
+    """Print every plugin kind's entries with the plugin that registered each."""
     from xraylens import plugins
 
-    kinds = [args.kind] if args.kind else ["classifier", "attributor", "profiler"]
+    kinds = [args.kind] if args.kind else list(plugins.KINDS)
     table = {kind: plugins.entries(kind) for kind in kinds}
     if args.json:
         data = {
@@ -86,7 +87,7 @@ def _verbosity() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The ``xraylens`` argument parser (subcommands and their options)."""
     from xraylens import __version__
-    from xraylens.commands import demo, explain, profile
+    from xraylens.commands import demo, evaluate, explain, profile
 
     verbose = _verbosity()
     parser = argparse.ArgumentParser(
@@ -97,18 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"xraylens {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from xraylens.plugins import KINDS
+
+    kinds = ", ".join(f"{k}s" for k in KINDS)
     p = sub.add_parser(
         "list",
-        help="list classifiers, attributors and profilers",
-        description="List the registered classifiers, attributors and profilers, with the "
-        "plugin (and distribution) that registered each.",
+        help=f"list {kinds}",
+        description=f"List the registered {kinds}, with the plugin (and distribution) that "
+        "registered each.",
         parents=[verbose],
     )
-    p.add_argument("--kind", choices=("classifier", "attributor", "profiler"))
+    p.add_argument("--kind", choices=tuple(KINDS))
     p.add_argument("-l", "--long", action="store_true", help="show parameters and presets")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_list)
-    for module in (explain, profile, demo):
+    for module in (explain, profile, demo, evaluate):
         module.add_parser(sub, parents=[verbose])
     return parser
 

@@ -2,7 +2,8 @@
 
 Each hook is called once, when the registry is first used, with a ``register(name, factory)``
 callback. ``factory(**kwargs)`` must return an instance of the matching base class
-(:class:`xraylens.Classifier`, :class:`xraylens.Attributor`, :class:`xraylens.Profiler`).
+(:class:`xraylens.Classifier`, :class:`xraylens.Attributor`, :class:`xraylens.Profiler`,
+:class:`xraylens.evaluate.Metric`).
 """
 
 from __future__ import annotations
@@ -26,3 +27,8 @@ def register_attributors(register):
 @hookspec
 def register_profilers(register):
     """Register profilers: ``register("name", factory)``, ``factory(**kw) -> Profiler``."""
+
+
+@hookspec
+def register_metrics(register):
+    """Register evaluation metrics: ``register("name", factory)``, ``factory(**kw) -> Metric``."""

@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "xraylens.attr.plugin",
     "xraylens.attr.cam_plugin",
     "xraylens.profile.nap",
+    "xraylens.evaluate.plugin",
 )
 
 #: kind -> (hook name, base class path)
@@ -41,6 +42,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "classifier": ("register_classifiers", "xraylens.core.classifier:Classifier"),
     "attributor": ("register_attributors", "xraylens.core.attributor:Attributor"),
     "profiler": ("register_profilers", "xraylens.core.profiler:Profiler"),
+    "metric": ("register_metrics", "xraylens.evaluate.metric:Metric"),
 }
 
 
@@ -207,7 +209,8 @@ def unregister_plugin(name: str) -> None:
 
 
 def entries(kind: str) -> dict[str, PluginEntry]:
-    """All entries of one kind (``"classifier"``, ``"attributor"``, ``"profiler"``)."""
+    """All entries of one kind (a key of :data:`KINDS`: ``"classifier"``, ``"attributor"``,
+    ``"profiler"``, ``"metric"``)."""
     if kind not in KINDS:
         raise InputError(f"unknown plugin kind {kind!r}; expected one of {sorted(KINDS)}")
     return dict(_load()[kind])
