@@ -33,6 +33,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "xraylens.attr.occlusion",
     "xraylens.attr.plugin",
     "xraylens.profile.nap",
+    "xraylens.commands.builtin",
 )
 
 #: kind -> (hook name, base class path)
@@ -40,6 +41,8 @@ KINDS: dict[str, tuple[str, str]] = {
     "classifier": ("register_classifiers", "xraylens.core.classifier:Classifier"),
     "attributor": ("register_attributors", "xraylens.core.attributor:Attributor"),
     "profiler": ("register_profilers", "xraylens.core.profiler:Profiler"),
+    # Subcommands of the command line: the factory adds an argparse subparser (see cli.py).
+    "command": ("register_commands", "argparse:ArgumentParser"),
 }
 
 
