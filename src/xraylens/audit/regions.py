@@ -1,0 +1,120 @@
+"""Image regions a shortcut lives in: a border band, the corners, burnt-in markers, the lungs.
+
+Every function returns numpy bool masks [H, W] (or [N, H, W] for a batch). Markers are found
+from the image itself (scikit-image): small, bright, high-contrast connected components near
+the image edges, as burnt-in laterality letters ("R", "L") and text labels are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from xraylens.errors import InputError
+
+#: Width of the border band, as a fraction of the image side.
+BORDER = 0.08
+#: Side of each corner square, as a fraction of the image side.
+CORNER = 0.15
+
+
+def _shape(shape: Any) -> tuple[int, int]:
+    h, w = (int(v) for v in tuple(shape)[-2:])
+    if h < 4 or w < 4:
+        raise InputError(f"audit regions: image shape {tuple(shape)} is too small (< 4 px)")
+    return h, w
+
+
+def border_band(shape: Any, width: float = BORDER) -> np.ndarray:
+    """bool [H, W]: pixels within ``width`` (fraction of each side) of the image edge."""
+    h, w = _shape(shape)
+    if not 0 < width < 0.5:
+        raise InputError(f"audit border width must be in (0, 0.5), got {width!r}")
+    bh, bw = max(1, round(width * h)), max(1, round(width * w))
+    m = np.ones((h, w), dtype=bool)
+    m[bh:-bh, bw:-bw] = False
+    return m
+
+
+def corners(shape: Any, size: float = CORNER) -> np.ndarray:
+    """bool [H, W]: the four corner squares of side ``size`` (fraction of each side)."""
+    h, w = _shape(shape)
+    if not 0 < size < 0.5:
+        raise InputError(f"audit corner size must be in (0, 0.5), got {size!r}")
+    ch, cw = max(1, round(size * h)), max(1, round(size * w))
+    m = np.zeros((h, w), dtype=bool)
+    for rows in (slice(0, ch), slice(h - ch, h)):
+        for cols in (slice(0, cw), slice(w - cw, w)):
+            m[rows, cols] = True
+    return m
+
+
+def detect_markers(
+    image: Any,
+    *,
+    edge: float = 0.25,
+    contrast: float = 0.5,
+    max_area: float = 0.03,
+    min_pixels: int = 4,
+) -> np.ndarray:
+    """bool [H, W]: burnt-in markers detected in ``image`` ([H, W] or [1, H, W], any range).
+
+    A marker is a connected component of the white top-hat (the image minus its grey opening
+    with a square of a fifth of the side: what is brighter than its surroundings) above
+    ``contrast`` (after scaling the image's 1st-99.5th percentiles to [0, 1]), of at least
+    ``min_pixels`` and at most ``max_area`` of the image, lying wholly within ``edge`` (fraction
+    of the side) of an image edge. Bones are long or central, so they rarely pass all three.
+    """
+    from skimage import measure, morphology
+
+    img = np.asarray(getattr(image, "numpy", lambda: image)(), dtype=np.float64)
+    if img.ndim == 3 and img.shape[0] == 1:
+        img = img[0]
+    if img.ndim != 2:
+        raise InputError(f"detect_markers: image must be [H, W] or [1, H, W], got {img.shape}")
+    if not np.isfinite(img).all():
+        raise InputError("detect_markers: image contains NaN or infinite values")
+    h, w = _shape(img.shape)
+    lo, hi = np.percentile(img, (1.0, 99.5))
+    scaled = np.clip((img - lo) / (hi - lo), 0.0, 1.2) if hi > lo else np.zeros_like(img)
+    k = max(3, round(min(h, w) / 5))
+    footprint = morphology.footprint_rectangle((k, k), decomposition="sequence")
+    bright = morphology.white_tophat(scaled, footprint) > contrast
+    labelled = measure.label(bright, connectivity=2)
+    out = np.zeros((h, w), dtype=bool)
+    eh, ew = edge * h, edge * w
+    for region in measure.regionprops(labelled):
+        if not min_pixels <= region.area <= max_area * h * w:
+            continue
+        r0, c0, r1, c1 = region.bbox
+        near = r1 <= eh or r0 >= h - eh or c1 <= ew or c0 >= w - ew
+        if near:
+            out[labelled == region.label] = True
+    return out
+
+
+def stack_regions(images: Any, lung_masks: Any | None = None, **kw) -> dict[str, np.ndarray]:
+    """Regions of a batch: ``{"border", "corners", "markers"[, "lungs"]}`` -> bool [N, H, W].
+
+    ``images``: [N, H, W] or [N, 1, H, W]; ``lung_masks``: [N, H, W] or None (no lung region:
+    the audit then says that lung shares are unknown). ``kw`` go to :func:`detect_markers`.
+    """
+    imgs = np.asarray(getattr(images, "numpy", lambda: images)(), dtype=np.float32)
+    if imgs.ndim == 4 and imgs.shape[1] == 1:
+        imgs = imgs[:, 0]
+    if imgs.ndim != 3:
+        raise InputError(f"audit: images must be [N, H, W] or [N, 1, H, W], got {imgs.shape}")
+    n = imgs.shape[0]
+    out = {
+        "border": np.broadcast_to(border_band(imgs.shape), imgs.shape).copy(),
+        "corners": np.broadcast_to(corners(imgs.shape), imgs.shape).copy(),
+        "markers": np.stack([detect_markers(im, **kw) for im in imgs]),
+    }
+    if lung_masks is not None:
+        lungs = np.asarray(getattr(lung_masks, "numpy", lambda: lung_masks)()) > 0
+        if lungs.shape != imgs.shape:
+            raise InputError(f"audit: lung_masks are {lungs.shape}, the images {imgs.shape}")
+        out["lungs"] = lungs
+    assert all(v.shape[0] == n for v in out.values())
+    return out
