@@ -54,17 +54,20 @@ def detect_markers(
     image: Any,
     *,
     edge: float = 0.25,
-    contrast: float = 0.5,
+    contrast: float = 0.4,
+    bright: float = 0.85,
     max_area: float = 0.03,
     min_pixels: int = 4,
 ) -> np.ndarray:
-    """bool [H, W]: burnt-in markers detected in ``image`` ([H, W] or [1, H, W], any range).
+    """bool [H, W]: burnt-in markers detected in ``image`` ([H, W] or [1, H, W]; values in
+    [0, 1] as :func:`xraylens.data.preprocess` gives them, or in [0, max] with max > 1, e.g.
+    8-bit, which is divided by its maximum).
 
-    A marker is a connected component of the white top-hat (the image minus its grey opening
-    with a square of a fifth of the side: what is brighter than its surroundings) above
-    ``contrast`` (after scaling the image's 1st-99.5th percentiles to [0, 1]), of at least
-    ``min_pixels`` and at most ``max_area`` of the image, lying wholly within ``edge`` (fraction
-    of the side) of an image edge. Bones are long or central, so they rarely pass all three.
+    A marker is a connected component of near-white pixels (>= ``bright``: burnt-in text is
+    drawn saturated) that stand out from their surroundings by at least ``contrast`` in the
+    white top-hat (the image minus its grey opening with a square of a fifth of the side), of
+    at least ``min_pixels`` and at most ``max_area`` of the image, lying wholly within
+    ``edge`` (fraction of the side) of an image edge. Bones are dimmer, long or central.
     """
     from skimage import measure, morphology
 
@@ -76,12 +79,12 @@ def detect_markers(
     if not np.isfinite(img).all():
         raise InputError("detect_markers: image contains NaN or infinite values")
     h, w = _shape(img.shape)
-    lo, hi = np.percentile(img, (1.0, 99.5))
-    scaled = np.clip((img - lo) / (hi - lo), 0.0, 1.2) if hi > lo else np.zeros_like(img)
-    k = max(3, round(min(h, w) / 5))
+    top = float(img.max())
+    scaled = img / top if top > 1.0 else img
+    k = max(3, round(min(h, w) / 5)) | 1  # odd: the opening decomposes into small steps
     footprint = morphology.footprint_rectangle((k, k), decomposition="sequence")
-    bright = morphology.white_tophat(scaled, footprint) > contrast
-    labelled = measure.label(bright, connectivity=2)
+    candidates = (morphology.white_tophat(scaled, footprint) > contrast) & (scaled >= bright)
+    labelled = measure.label(candidates, connectivity=2)
     out = np.zeros((h, w), dtype=bool)
     eh, ew = edge * h, edge * w
     for region in measure.regionprops(labelled):

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from xraylens.audit._shares import area_share, region_share
 from xraylens.audit.regions import stack_regions
 from xraylens.errors import InputError
+from xraylens.evaluate import Results, area_share, region_share
 
 REGIONS = ("lungs", "border", "corners", "markers")
 
@@ -31,6 +31,9 @@ THRESHOLDS: dict[str, dict[str, Any]] = {
     "reads borders": {"region": "border", "min_share": 0.40, "min_ratio": 1.5},
     "ignores the lungs": {"region": "lungs", "max_ratio": 1.0},
 }
+#: Labels without a finding to localise: evidence for them may lie anywhere, so they never
+#: raise "ignores the lungs".
+NORMAL_LABELS = ("No Finding", "Normal", "NORMAL")
 
 
 def describe_thresholds() -> dict[str, str]:
@@ -38,7 +41,10 @@ def describe_thresholds() -> dict[str, str]:
     out = {}
     for name, t in THRESHOLDS.items():
         if "max_ratio" in t:
-            out[name] = f"mean share in the {t['region']} < {t['max_ratio']:g} x its area share"
+            out[name] = (
+                f"mean share in the {t['region']} < {t['max_ratio']:g} x its area share (labels "
+                f"with a finding only, not {', '.join(NORMAL_LABELS[:1])})"
+            )
         else:
             out[name] = (
                 f"mean share on the {t['region']} >= {t['min_share']:.2f} and >= "
@@ -48,9 +54,10 @@ def describe_thresholds() -> dict[str, str]:
 
 
 def _maps(maps: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    values = getattr(maps, "values", maps)
-    mask = getattr(maps, "mask", None)
-    values = torch.as_tensor(np.asarray(values) if isinstance(values, np.ndarray) else values)
+    from xraylens.core.attribution import Attribution
+
+    values, mask = (maps.values, maps.mask) if isinstance(maps, Attribution) else (maps, None)
+    values = torch.as_tensor(values)
     if values.dim() == 5:
         values = values.sum(2)  # channels summed, as the overlays show them
     if values.dim() != 4:
@@ -69,9 +76,9 @@ def audit_maps(
     patient_ids: Sequence[str] | None = None,
     lung_masks: Any | None = None,
     regions: dict[str, np.ndarray] | None = None,
-) -> list[dict[str, Any]]:
-    """Tidy rows (model, method, label, image_id, patient_id, metric, value) for one model and
-    method: ``share_<region>`` and ``area_<region>`` per map and region.
+) -> Results:
+    """A :class:`xraylens.evaluate.Results` table for one model and method: metrics
+    ``share_<region>`` and ``area_<region>`` per map and region.
 
     Args:
         maps: [N, T, H, W], [N, T, C, H, W] or an :class:`~xraylens.Attribution`.
@@ -110,54 +117,45 @@ def audit_maps(
                 base |= {"image_id": ids[i], "patient_id": pids[i]}
                 rows.append(base | {"metric": f"share_{name}", "value": float(share[i, j])})
                 rows.append(base | {"metric": f"area_{name}", "value": float(area[i])})
-    return rows
+    return Results(rows)
 
 
-def _bootstrap(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap CI of the mean (NaN for fewer than two values)."""
-    if values.size < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, (n_boot, values.size))].mean(1)
-    lo, hi = np.percentile(means, (2.5, 97.5))
-    return float(lo), float(hi)
-
-
-def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarise(results: Results | Sequence[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
     """Per model, method, label and region: ``n`` maps (with positive mass and a non-empty
-    region), mean ``share`` with a 95% bootstrap CI, mean ``area`` and ``ratio`` =
-    share / area. Images where the region is empty (no marker found) do not count."""
-    pairs: dict[tuple, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
-    for row in rows:
+    region), mean ``share`` with a 95% bootstrap CI (:meth:`Results.aggregate`: over patients
+    where known), mean ``area`` and ``ratio`` = share / area. Images where the region is empty
+    (no marker found) do not count."""
+    pairs: dict[tuple, dict[tuple, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for row in results:
         kind, _, region = row["metric"].partition("_")
         if kind not in ("share", "area"):
             continue
         key = (row["model"], row["method"], row["label"], region)
-        pairs[key][row["image_id"]][kind] = row["value"]
-    out = []
+        pairs[key][(row["image_id"], row["patient_id"])][kind] = row["value"]
+    kept, areas = [], defaultdict(list)
     for (model, method, label, region), per in pairs.items():
-        kept = [
-            (v["share"], v["area"])
-            for v in per.values()
-            if v.get("area", 0) > 0 and not math.isnan(v.get("share", math.nan))
-        ]
-        share = np.array([s for s, _ in kept], dtype=np.float64)
-        area = np.array([a for _, a in kept], dtype=np.float64)
-        mean_share = float(share.mean()) if share.size else float("nan")
-        mean_area = float(area.mean()) if area.size else float("nan")
-        lo, hi = _bootstrap(share)
+        for (image_id, patient_id), v in per.items():
+            if v.get("area", 0) > 0 and not math.isnan(v.get("share", math.nan)):
+                kept.append((model, method, label, image_id, patient_id, region, v["share"]))
+                areas[(model, method, label, region)].append(v["area"])
+    stats = {
+        (r["model"], r["method"], r["label"], r["metric"]): r
+        for r in Results(kept).aggregate(seed=seed)
+    }
+    out = []
+    for key in pairs:
+        s = stats.get(key, {})
+        area = float(np.mean(areas[key])) if areas.get(key) else float("nan")
+        share = s.get("mean", float("nan"))
         out.append(
-            {
-                "model": model,
-                "method": method,
-                "label": label,
-                "region": region,
-                "n": int(share.size),
-                "share": mean_share,
-                "ci_low": lo,
-                "ci_high": hi,
-                "area": mean_area,
-                "ratio": mean_share / mean_area if mean_area > 0 else float("nan"),
+            dict(zip(("model", "method", "label", "region"), key))
+            | {
+                "n": int(s.get("n", 0)),
+                "share": share,
+                "ci_low": s.get("ci_low", float("nan")),
+                "ci_high": s.get("ci_high", float("nan")),
+                "area": area,
+                "ratio": share / area if area > 0 else float("nan"),
             }
         )
     return out
@@ -175,7 +173,7 @@ def flag(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             if row["region"] != t["region"]:
                 continue
             if "max_ratio" in t:
-                raised = row["ratio"] < t["max_ratio"]
+                raised = row["ratio"] < t["max_ratio"] and row["label"] not in NORMAL_LABELS
             else:
                 raised = row["share"] >= t["min_share"] and row["ratio"] >= t["min_ratio"]
             if raised:
