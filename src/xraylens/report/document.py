@@ -33,14 +33,16 @@ class Bullets:
 
 @attrs.frozen
 class Table:
-    """A table; cells are str, numbers (formatted with ``digits``) or None/NaN (``n/a``).
-    ``sortable``: the HTML lets the reader sort by any column."""
+    """A table; cells are str, numbers (floats with ``digits`` decimals: one int, or one per
+    column) or None/NaN (``n/a``). ``sortable``: the HTML sorts by a clicked column;
+    ``collapsed``: the HTML shows it folded under its caption (long detail tables)."""
 
     columns: tuple[str, ...] = attrs.field(converter=tuple)
     rows: tuple[tuple[Any, ...], ...] = attrs.field(converter=lambda r: tuple(map(tuple, r)))
     caption: str = ""
-    digits: int = 3
+    digits: int | tuple[int, ...] = 3
     sortable: bool = True
+    collapsed: bool = False
 
     def __attrs_post_init__(self):
         for row in self.rows:
@@ -49,14 +51,15 @@ class Table:
                     f"table row {row!r} has {len(row)} cells, {len(self.columns)} columns"
                 )
 
-    def cell(self, value: Any) -> str:
-        """The text of one cell."""
+    def cell(self, value: Any, column: int = 0) -> str:
+        """The text of one cell (of column index ``column``)."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "n/a"
         if isinstance(value, bool):
             return "yes" if value else "no"
         if isinstance(value, float):
-            return f"{value:.{self.digits}f}"
+            digits = self.digits if isinstance(self.digits, int) else self.digits[column]
+            return f"{value:.{digits}f}"
         return str(value)
 
 

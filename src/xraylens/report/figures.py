@@ -12,8 +12,8 @@ from matplotlib import colormaps
 from PIL import Image as PILImage
 
 from xraylens import viz
-from xraylens.viz.overlay import to_image
 from xraylens.report.document import Image
+from xraylens.viz.overlay import to_image
 
 
 def _grey(image: Any) -> np.ndarray:

@@ -18,7 +18,8 @@ _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _CODE = re.compile(r"`([^`]+?)`")
 
 CSS = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1b1f24;background:#fafafa}
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1b1f24;
+background:#fafafa}
 header{background:#16324f;color:#fff;padding:14px 28px}
 header h1{margin:0;font-size:21px}
 nav{padding:6px 28px;background:#e8eef4;font-size:13px;position:sticky;top:0;z-index:2}
@@ -43,6 +44,8 @@ figcaption{font-size:12px;color:#56606b}
 table.grid td{text-align:center;font-size:12px}
 table.grid img{display:block;margin:0 auto 2px;image-rendering:pixelated;width:128px;height:128px}
 td.flagged,span.flagged{background:#fde2e2;color:#8a1414;font-weight:600}
+details{margin:8px 0}
+summary{cursor:pointer;color:#16324f}
 code{background:#eef2f6;padding:0 3px;border-radius:3px;font-size:90%}
 """
 
@@ -86,8 +89,8 @@ def _img(img: Image, alt: str) -> str:
     return f'<img src="{_uri(img)}" alt="{html.escape(alt, quote=True)}"{width}>'
 
 
-def _td(t: Table, value) -> str:
-    text = inline(t.cell(value))
+def _td(t: Table, value, column: int) -> str:
+    text = inline(t.cell(value, column))
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         v = "NaN" if isinstance(value, float) and math.isnan(value) else repr(float(value))
         return f'<td class="num" data-v="{v}">{text}</td>'
@@ -99,9 +102,15 @@ def _td(t: Table, value) -> str:
 def _table(t: Table) -> str:
     cls = ' class="sortable"' if t.sortable else ""
     head = "".join(f"<th>{inline(c)}</th>" for c in t.columns)
-    body = "".join("<tr>" + "".join(_td(t, v) for v in row) + "</tr>" for row in t.rows)
-    cap = f"<caption>{inline(t.caption)}</caption>" if t.caption else ""
-    return f"<table{cls}>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    body = "".join(
+        "<tr>" + "".join(_td(t, v, j) for j, v in enumerate(row)) + "</tr>" for row in t.rows
+    )
+    cap = f"<caption>{inline(t.caption)}</caption>" if t.caption and not t.collapsed else ""
+    table = f"<table{cls}>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    if t.collapsed:
+        label = inline(t.caption or "details")
+        return f"<details><summary>{label} ({len(t.rows)} rows)</summary>{table}</details>"
+    return table
 
 
 def _grid(g: Grid) -> str:
@@ -115,7 +124,8 @@ def _grid(g: Grid) -> str:
             cells.append(f"<td>{img}{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     cap = f"<caption>{inline(g.caption)}</caption>" if g.caption else ""
-    return f'<table class="grid">{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    body = "".join(rows)
+    return f'<table class="grid">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _block(b) -> str:

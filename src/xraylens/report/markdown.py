@@ -17,7 +17,9 @@ def _cell(text: str) -> str:
 
 def _table(t: Table) -> list[str]:
     lines = ["| " + " | ".join(_cell(c) for c in t.columns) + " |", "|" + "---|" * len(t.columns)]
-    lines += ["| " + " | ".join(_cell(t.cell(v)) for v in row) + " |" for row in t.rows]
+    lines += [
+        "| " + " | ".join(_cell(t.cell(v, j)) for j, v in enumerate(row)) + " |" for row in t.rows
+    ]
     return lines + ([f"\n*{t.caption}*"] if t.caption else [])
 
 
@@ -25,12 +27,17 @@ def image_names(doc: Document) -> dict[int, str]:
     """id(image) -> a unique, file-system safe file name."""
     names: dict[int, str] = {}
     used: set[str] = set()
+    in_grids = {id(p.image) for s in doc.sections for b in s.blocks if isinstance(b, Grid)
+                for _, ps in b.rows for p in ps}  # fmt: skip
     for img in doc.images():
+        if id(img) in names:  # one image shown twice (e.g. an underlay per model row)
+            continue
         stem = _UNSAFE.sub("_", Path(img.name).stem).strip("_") or "figure"
-        name, k = f"{stem}.png", 1
+        folder = "panels/" if id(img) in in_grids else ""  # many small files: kept apart
+        name, k = f"{folder}{stem}.png", 1
         while name in used:
             k += 1
-            name = f"{stem}-{k}.png"
+            name = f"{folder}{stem}-{k}.png"
         used.add(name)
         names[id(img)] = name
     return names
@@ -42,7 +49,7 @@ def render_markdown(doc: Document, folder: str | os.PathLike | None = None) -> s
 
     names = image_names(doc)
     if folder is not None:
-        for img in doc.images():
+        for img in {id(i): i for i in doc.images()}.values():
             atomic_write_bytes(Path(folder) / names[id(img)], img.png)
     lines = [f"# {doc.title}", ""]
     if doc.summary:

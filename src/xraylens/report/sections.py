@@ -186,7 +186,11 @@ def audit_section(
     s.add(Bullets(lines))
     s.add(
         Paragraph(
-            "Share: the share of a map's positive attribution inside the region; area: the region's share of the image (what a uniform map would put there); ratio = share / area. Markers are found in each image (small bright high-contrast components near the edges); images without one do not count for the marker region. A flag is raised when "
+            "Share: the share of a map's positive attribution inside the region; area: the "
+            "region's share of the image (what a uniform map would put there); ratio = share / "
+            "area. Markers are found in each image (small bright high-contrast components near "
+            "the edges); images without one do not count for the marker region. A flag is "
+            "raised when "
             + "; ".join(f"**{k}**: {v}" for k, v in thresholds.items())
             + ". A model is flagged when half or more of its methods raise the flag."
         )
@@ -194,10 +198,12 @@ def audit_section(
     if not lungs_known:
         s.add(
             Paragraph(
-                '**No lung masks were given**: the share inside the lungs, and so the flag "ignores the lungs", are not computed.'
+                "**No lung masks were given**: the share inside the lungs, and so the flag "
+                '"ignores the lungs", are not computed.'
             )
         )
     flagged = {(f["model"], f["method"], f["label"], f["region"]): f["flag"] for f in flags}
+    s.add(_audit_glance(summary, flagged))
     rows = []
     for r in summary:
         mark = flagged.get((r["model"], r["method"], r["label"], r["region"]))
@@ -232,10 +238,34 @@ def audit_section(
                 "flag",
             ],
             rows,
-            caption="share: mean over images with a 95% bootstrap CI",
+            caption="every region, method and label: share with its 95% bootstrap CI",
+            collapsed=True,
         )
     )
     return s
+
+
+def _audit_glance(summary: Sequence[dict[str, Any]], flagged: dict) -> Table:
+    """One row per model, method and label; per region ``share (x ratio)``, flagged cells
+    marked."""
+    regions = [
+        r
+        for r in ("lungs", "border", "corners", "markers")
+        if any(x["region"] == r for x in summary)
+    ]
+    cells: dict[tuple, dict[str, str]] = {}
+    for r in summary:
+        key = (r["model"], r["method"], r["label"])
+        text = "n/a" if r["n"] == 0 else f"{r['share']:.2f} (x{r['ratio']:.1f})"
+        if key + (r["region"],) in flagged:
+            text = f"⚠ {text} {flagged[key + (r['region'],)]}"
+        cells.setdefault(key, {})[r["region"]] = text
+    return Table(
+        ["model", "method", "label", *[f"share {g} (x area)" for g in regions]],
+        [[*key, *[v.get(g, "") for g in regions]] for key, v in cells.items()],
+        caption="share of positive attribution in each region and (x) its ratio to the "
+        "region's area share; x1 is what a uniform map gets",
+    )
 
 
 def panels_section(
@@ -249,38 +279,43 @@ def panels_section(
     size: int = 128,
     title: str = "Per-image maps",
 ) -> Section:
-    """Image x (model, method) panels: each image (its own column first), then every model's
-    map per method, with the model's probability of each label beside its map.
+    """Panels: one row per image and model, one column per method, the image itself first
+    (with ``contours`` outlined and the model's probability of every label), then each
+    method's map with the probability of the label it explains.
 
     ``maps[(model, method)][i]``: map [H, W] of image ``i`` (None: not computed);
     ``probabilities[model][i]``: label -> probability; ``label_of[i]``: the label explained.
     """
     from xraylens.report.figures import overlay_image
 
-    keys = list(maps)
-    columns = ["image", *[f"{model} · {method}" for model, method in keys]]
+    models = list(dict.fromkeys(model for model, _ in maps))
+    methods = list(dict.fromkeys(method for _, method in maps))
     rows = []
     for i, name in enumerate(image_names):
         contour = contours[i] if contours is not None else None
-        first = Panel(overlay_image(images[i], None, f"img{i}", size=size, contour=contour), [name])
-        panels = [first]
-        for k, (model, method) in enumerate(keys):
-            m = maps[(model, method)][i]
-            lines = [f"map for {label_of[i]}"] if label_of is not None else []
-            if probabilities and model in probabilities:
-                probs = probabilities[model][i]
-                lines += [
-                    f"P({lab}) {p:.2f}" for lab, p in sorted(probs.items(), key=lambda kv: -kv[1])
-                ]
-            img = overlay_image(images[i], m, f"img{i}_{k}", size=size) if m is not None else None
-            panels.append(Panel(img, lines))
-        rows.append((name, panels))
+        underlay = overlay_image(images[i], None, f"img{i}", size=size, contour=contour)
+        for model in models:
+            probs = (probabilities or {}).get(model)
+            probs = probs[i] if probs is not None else {}
+            label = label_of[i] if label_of is not None else None
+            ranked = sorted(probs.items(), key=lambda kv: -kv[1])
+            first = Panel(underlay, [f"P({lab}) {p:.2f}" for lab, p in ranked])
+            panels = [first]
+            for k, method in enumerate(methods):
+                m = maps.get((model, method), [None] * len(image_names))[i]
+                lines = [f"for {label}" if label else ""]
+                if label in probs:
+                    lines = [f"for **{label}**: P {probs[label]:.2f}"]
+                img = overlay_image(images[i], m, f"img{i}_{model}_{k}", size=size)
+                panels.append(Panel(img if m is not None else None, lines))
+            rows.append((f"{name} · {model}", panels))
     s = Section(title)
     s.add(
         Grid(
-            columns,
+            ["image", *methods],
             rows,
-            caption="positive attribution (inferno), each map on its own scale; cyan: the region outlined",
+            caption="positive attribution (inferno), each map on its own scale; cyan outline "
+            "on the image: the regions of interest (lesions, markers)",
         )
     )
     return s
@@ -316,7 +351,8 @@ def nap_section(
                     [r["layer"], r["group"], r["share"], r["area"], r["ratio"]]
                     for r in outside_lungs
                 ],
-                caption="share of NAP energy (sum over feature maps of |NAP|) outside the lungs, against the area outside them",
+                caption="share of NAP energy (sum over feature maps of |NAP|) outside the lungs, "
+                "against the area outside them",
             )
         )
     return s
