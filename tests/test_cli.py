@@ -19,7 +19,7 @@ from xraylens import plugins
 from xraylens.cli import build_parser, main
 from xraylens.core.classifier import eval_mode
 
-SUBCOMMANDS = ("list", "explain", "profile", "demo")
+SUBCOMMANDS = ("list", "explain", "profile", "demo", "evaluate")
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -111,7 +111,7 @@ def test_every_subcommand_is_registered():
 def test_list_shows_every_plugin_with_its_source(test_method, capsys):
     code, out, _ = _run(["list"], capsys)
     assert code == 0
-    for kind in ("classifier", "attributor", "profiler"):
+    for kind in plugins.KINDS:
         assert f"{kind}s:" in out
         for name, entry in plugins.entries(kind).items():
             line = next(line for line in out.splitlines() if line.split()[:1] == [name])

@@ -1,6 +1,7 @@
 """xraylens: see why chest X-ray classifiers decide what they decide.
 
-The public API (see ``docs/``): registry functions (``list_*``, ``get_*``), the base classes
+The public API (see ``docs/``): registry functions (``list_*``, ``get_*``, for classifiers,
+attributors, profilers and metrics), the base classes
 ``Classifier``, ``Attributor``, ``Profiler``, the ``Attribution`` result, and ``xraylens.data``.
 """
 
@@ -45,6 +46,11 @@ def list_profilers() -> list[str]:
     return _names("profiler")
 
 
+def list_metrics() -> list[str]:
+    """Sorted names of the registered evaluation metrics."""
+    return _names("metric")
+
+
 def get_classifier(name: str, **kwargs: Any) -> Classifier:
     """Build the classifier ``name`` (e.g. ``"resnet18"``); kwargs go to its factory.
 
@@ -63,6 +69,12 @@ def get_profiler(name: str, **kwargs: Any) -> Profiler:
     return _create("profiler", name, kwargs)
 
 
+def get_metric(name: str, **kwargs: Any):
+    """Build the evaluation metric ``name`` (e.g. ``"region_share"``); kwargs are its
+    parameters. Returns a :class:`xraylens.evaluate.Metric`."""
+    return _create("metric", name, kwargs)
+
+
 __all__ = [
     "Attribution",
     "Attributor",
@@ -78,11 +90,13 @@ __all__ = [
     "data",
     "get_attributor",
     "get_classifier",
+    "get_metric",
     "get_profiler",
     "hookimpl",
     "hookspec",
     "list_attributors",
     "list_classifiers",
+    "list_metrics",
     "list_profilers",
     "register_plugin",
     "unregister_plugin",

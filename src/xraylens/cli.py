@@ -1,9 +1,10 @@
 """The ``xraylens`` command line.
 
 Subcommands: ``list`` (registered plugins), ``explain`` (attribution maps for image files),
-``profile`` (Neuron Activation Profiles of a dataset), ``demo`` (the offline demo), ``report``
-(one HTML/Markdown page from explain, evaluate and profile outputs) and any a plugin registers
-through the ``register_commands`` hook. Exit
+``profile`` (Neuron Activation Profiles of a dataset), ``demo`` (the offline demo),
+``evaluate`` (score explained maps against masks), ``report`` (one HTML/Markdown page from
+explain, evaluate and profile outputs) and any a plugin registers through the
+``register_commands`` hook. Exit
 status: 0 success, 1 failure or partial failure (e.g. some images unreadable), 2 usage error,
 130 interrupted. Errors print as one line; ``-v`` adds the traceback and the library's log.
 """

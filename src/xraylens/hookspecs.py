@@ -2,7 +2,8 @@
 
 Each hook is called once, when the registry is first used, with a ``register(name, factory)``
 callback. ``factory(**kwargs)`` must return an instance of the matching base class
-(:class:`xraylens.Classifier`, :class:`xraylens.Attributor`, :class:`xraylens.Profiler`).
+(:class:`xraylens.Classifier`, :class:`xraylens.Attributor`, :class:`xraylens.Profiler`,
+:class:`xraylens.evaluate.Metric`).
 ``register_commands`` adds subcommands to the ``xraylens`` command line instead: its factory is
 ``add_parser(sub, parents=...)``, which adds one subparser to ``sub`` and returns it.
 """
@@ -28,6 +29,11 @@ def register_attributors(register):
 @hookspec
 def register_profilers(register):
     """Register profilers: ``register("name", factory)``, ``factory(**kw) -> Profiler``."""
+
+
+@hookspec
+def register_metrics(register):
+    """Register evaluation metrics: ``register("name", factory)``, ``factory(**kw) -> Metric``."""
 
 
 @hookspec

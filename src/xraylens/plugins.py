@@ -33,6 +33,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "xraylens.attr.occlusion",
     "xraylens.attr.plugin",
     "xraylens.profile.nap",
+    "xraylens.evaluate.plugin",
     "xraylens.commands.builtin",
 )
 
@@ -41,6 +42,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "classifier": ("register_classifiers", "xraylens.core.classifier:Classifier"),
     "attributor": ("register_attributors", "xraylens.core.attributor:Attributor"),
     "profiler": ("register_profilers", "xraylens.core.profiler:Profiler"),
+    "metric": ("register_metrics", "xraylens.evaluate.metric:Metric"),
     # Subcommands of the command line: the factory adds an argparse subparser (see cli.py).
     "command": ("register_commands", "argparse:ArgumentParser"),
 }
@@ -209,7 +211,8 @@ def unregister_plugin(name: str) -> None:
 
 
 def entries(kind: str) -> dict[str, PluginEntry]:
-    """All entries of one kind (``"classifier"``, ``"attributor"``, ``"profiler"``)."""
+    """All entries of one kind (a key of :data:`KINDS`: ``"classifier"``, ``"attributor"``,
+    ``"profiler"``, ``"metric"``)."""
     if kind not in KINDS:
         raise InputError(f"unknown plugin kind {kind!r}; expected one of {sorted(KINDS)}")
     return dict(_load()[kind])

@@ -1,4 +1,5 @@
-"""``xraylens list``: the registered classifiers, attributors and profilers."""
+"""``xraylens list``: every registered plugin entry (classifiers, attributors, profilers,
+metrics, commands) with the plugin that registered it."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import json
 
 def add_parser(sub, parents=()) -> argparse.ArgumentParser:
     """Register ``list`` on the subparsers ``sub``."""
+    from xraylens.plugins import KINDS
+
+    kinds = ", ".join(f"{k}s" for k in KINDS)
     p = sub.add_parser(
         "list",
-        help="list classifiers, attributors and profilers",
-        description="List the registered classifiers, attributors and profilers, with the "
-        "plugin (and distribution) that registered each.",
+        help=f"list {kinds}",
+        description=f"List the registered {kinds}, with the plugin (and distribution) that "
+        "registered each.",
         parents=list(parents),
     )
-    p.add_argument("--kind", choices=("classifier", "attributor", "profiler"))
+    p.add_argument("--kind", choices=tuple(KINDS))
     p.add_argument("-l", "--long", action="store_true", help="show parameters and presets")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_list)
@@ -23,10 +27,10 @@ def add_parser(sub, parents=()) -> argparse.ArgumentParser:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    """Print classifiers, attributors and profilers with the plugin that registered each."""
+    """Print every plugin kind's entries with the plugin that registered each."""
     from xraylens import plugins
 
-    kinds = [args.kind] if args.kind else ["classifier", "attributor", "profiler"]
+    kinds = [args.kind] if args.kind else list(plugins.KINDS)
     table = {kind: plugins.entries(kind) for kind in kinds}
     if args.json:
         data = {

@@ -17,6 +17,8 @@ Stable API (see ``docs/evaluation.md``):
 
 from __future__ import annotations
 
+from xraylens.evaluate.activation import area_fractions, energy_share, roc_auc
+from xraylens.evaluate.complexity import entropy, sparseness
 from xraylens.evaluate.faithfulness import Curves, perturbation_curves
 from xraylens.evaluate.localisation import (
     area_share,
@@ -29,23 +31,33 @@ from xraylens.evaluate.localisation import (
     region_share,
     share_ratio,
 )
+from xraylens.evaluate.metric import Metric
+from xraylens.evaluate.randomisation import RandomisationResult, randomisation_check
 from xraylens.evaluate.results import COLUMNS, SUMMARY_STATS, Results, Summary, Table
 
 __all__ = [
     "COLUMNS",
     "Curves",
     "SUMMARY_STATS",
+    "Metric",
+    "RandomisationResult",
     "Results",
     "Summary",
     "Table",
+    "area_fractions",
     "area_share",
     "binarise",
+    "energy_share",
+    "entropy",
     "iou",
     "otsu_threshold",
     "perturbation_curves",
     "pixel_auroc",
     "pointing_game",
+    "randomisation_check",
     "rank_accuracy",
     "region_share",
+    "roc_auc",
     "share_ratio",
+    "sparseness",
 ]

@@ -1,0 +1,71 @@
+"""``xraylens evaluate`` on a small ``xraylens explain`` output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xraylens.cli import main
+from xraylens.evaluate import Results, Summary
+
+
+@pytest.fixture(scope="module")
+def explained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_cli")
+    rng = np.random.default_rng(0)
+    (root / "imgs").mkdir()
+    (root / "masks").mkdir()
+    for i in range(3):
+        Image.fromarray((rng.random((80, 64)) * 255).astype(np.uint8)).save(
+            root / "imgs" / f"im{i}.png"
+        )
+        if i < 2:  # the third image has no mask
+            m = np.zeros((80, 64), np.uint8)
+            m[10:60, 8 + i : 40] = 255
+            Image.fromarray(m).save(root / "masks" / f"im{i}.png")
+    bad = root / "badmasks"
+    bad.mkdir()
+    Image.fromarray(np.full((30, 90), 255, np.uint8)).save(bad / "im0.png")
+    code = main(["explain", str(root / "imgs"), "--method", "saliency", "--labels",
+                 "COVID-19,Pneumonia", "--size", "64", "--out", str(root / "out"), "--no-png",
+                 "-q"])  # fmt: skip
+    assert code == 0
+    return root
+
+
+def test_evaluate_writes_table_and_summary(explained):
+    out = explained / "ev"
+    code = main(["evaluate", str(explained / "out"), "--masks", str(explained / "masks"),
+                 "--metrics", "region_share,pointing_game,sparseness", "--n-boot", "50",
+                 "--out", str(out), "-q"])  # fmt: skip
+    assert code == 0
+    table = Results.read(out / "results.csv")
+    # 2 images with masks x 2 labels x 2 mask metrics + 3 images x 2 labels x sparseness
+    assert len(table) == 2 * 2 * 2 + 3 * 2
+    assert {r["image_id"] for r in table.filter(metric="region_share")} == {"im0", "im1"}
+    assert len(Results.read(out / "results.json")) == len(table)
+    summary = Summary.read(out / "summary.csv")
+    assert {(r["label"], r["metric"]) for r in summary} == {
+        (lab, m) for lab in ("COVID-19", "Pneumonia")
+        for m in ("region_share", "pointing_game", "sparseness")
+    }  # fmt: skip
+    assert json.loads((out / "summary.json").read_text())[0]["n"] >= 2
+
+
+def test_mask_of_another_geometry_is_reported(explained, capsys):
+    args = ["--metrics", "region_share,entropy", "--out", str(explained / "ev2"), "-q"]
+    code = main(["evaluate", str(explained / "out"), "--masks", str(explained / "badmasks"), *args])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "im0" in err and "not the same geometry" in err
+
+
+def test_usage_errors(explained, capsys):
+    assert main(["evaluate", str(explained / "out")]) == 2
+    assert "--masks" in capsys.readouterr().err
+    assert main(["evaluate", str(explained / "out"), "--masks", str(explained / "masks"),
+                 "--metrics", "region_shar"]) == 2  # fmt: skip
+    assert "region_share" in capsys.readouterr().err
