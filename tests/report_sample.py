@@ -63,5 +63,7 @@ def document(n: int = 4, size: int = 64, methods=("saliency", "occlusion"), mode
                           contours=[p.lesion_mask | p.shortcut_mask for p in phantoms], size=96)
     )  # fmt: skip
     doc.sections.append(rs.costs_section([{"what": "explain", "seconds": 1.5}]))
-    doc.sections.append(rs.provenance_section(provenance({"m": {"weights": None}}, seeds={"seed": 0})))
+    doc.sections.append(
+        rs.provenance_section(provenance({"m": {"weights": None}}, seeds={"seed": 0}))
+    )
     return doc, summary, flags

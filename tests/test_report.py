@@ -52,7 +52,11 @@ def test_html_escapes_every_string_from_the_data(sample):
     assert "alert" not in "".join(parser.scripts)
     assert HOSTILE not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     # the hostile file name in alt texts stays attribute text: no tag or attribute breaks out
-    allowed = {"img": {"src", "alt", "width"}, "td": {"class", "data-v"}, "section": {"id", "class"}}
+    allowed = {
+        "img": {"src", "alt", "width"},
+        "td": {"class", "data-v"},
+        "section": {"id", "class"},
+    }
     for tag, attrs in parser.tags:
         assert set(attrs) <= allowed.get(tag, {"class", "id", "href", "lang", "charset", "name",
                                                "content", "http-equiv"}), (tag, attrs)  # fmt: skip
