@@ -10,11 +10,11 @@ import re
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-
 from report_sample import HOSTILE, document
+
 from xraylens.report import Document, Paragraph, Table, render_html, render_markdown, write_report
-from xraylens.report.markdown import _table
 from xraylens.report.figures import overlay_image
+from xraylens.report.markdown import _table
 
 
 class _Collect(html.parser.HTMLParser):

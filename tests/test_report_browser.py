@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from report_sample import HOSTILE, document
+
 from xraylens.report import write_report
 
 

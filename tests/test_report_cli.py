@@ -24,7 +24,7 @@ def outputs(tmp_path_factory):
     rng = np.random.default_rng(0)
     (root / "imgs").mkdir()
     (root / "masks").mkdir()
-    for i, name in enumerate(("im0", f"im1{HOSTILE}")):
+    for name in ("im0", f"im1{HOSTILE}"):
         img = (rng.random((64, 64)) * 120).astype(np.uint8)
         img[3:8, 4:14] = 255  # a burnt-in marker near the top-left corner
         Image.fromarray(img).save(root / "imgs" / f"{name}.png")
