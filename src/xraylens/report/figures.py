@@ -36,23 +36,30 @@ def overlay_image(
     :func:`xraylens.viz.draw_overlay` draws it (opacity ``alpha * |value|``), resized to
     ``size`` px on its long side; ``contour`` (a mask) is outlined in cyan."""
     grey = _grey(image)
-    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    h, w = grey.shape
+    scale = size / max(h, w)
+    out_wh = (max(1, round(w * scale)), max(1, round(h * scale)))
+
+    def fit(a: np.ndarray) -> np.ndarray:
+        """Resize to the panel first (colour mapping then costs panel pixels, not image
+        pixels): nearest when enlarging, area-like bilinear when shrinking."""
+        if scale == 1:
+            return a
+        resample = PILImage.Resampling.NEAREST if scale > 1 else PILImage.Resampling.BILINEAR
+        return np.asarray(PILImage.fromarray(a.astype(np.float32), "F").resize(out_wh, resample))
+
+    rgb = np.repeat(fit(grey)[..., None], 3, axis=-1)
     if attr is not None:
-        scaled = viz.normalize_map(attr, sign)
+        scaled = fit(viz.normalize_map(attr, sign))  # the scale is the full map's
         norm = (scaled + 1) / 2 if sign == "all" else scaled
         colour = colormaps[viz.CMAPS[sign]](norm)[..., :3]
         a = (alpha * np.abs(scaled))[..., None]
         rgb = rgb * (1 - a) + colour * a
     if contour is not None:
-        m = np.asarray(contour) > 0
+        m = fit((np.asarray(contour) > 0).astype(np.float32)) > 0.5
         edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
         rgb[edge] = (0.0, 1.0, 1.0)
     pil = PILImage.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8))
-    h, w = grey.shape
-    scale = size / max(h, w)
-    if scale != 1:
-        resample = PILImage.Resampling.NEAREST if scale > 1 else PILImage.Resampling.BILINEAR
-        pil = pil.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
     buf = io.BytesIO()
     pil.save(buf, format="PNG", optimize=False)
     return Image(buf.getvalue(), name)

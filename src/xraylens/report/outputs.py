@@ -123,6 +123,7 @@ def build(
     audit_rows = Results()
     panel_keys = list(dict.fromkeys(k for r in runs for k in r["maps"]))[:max_images]
     images: dict[str, np.ndarray] = {}
+    regions_of: dict[str, dict] = {}
     panel_maps: dict[tuple[str, str], list] = {}
     label_of: dict[str, str] = {}
     probs: dict[str, list] = {}
@@ -138,9 +139,13 @@ def build(
                     continue  # the audit needs the image (markers are found in it)
                 images[key] = xl.data.preprocess(xl.data.read_image(path), size=size)[0].numpy()
             image = images[key]
-            lung = _mask_for(masks, key, image.shape[-1])
-            lungs_known &= lung is not None
-            regions = audit.stack_regions(image[None], None if lung is None else lung[None])
+            if key not in regions_of:  # the same image under every model: found once
+                lung = _mask_for(masks, key, image.shape[-1])
+                lungs_known &= lung is not None
+                regions_of[key] = audit.stack_regions(
+                    image[None], None if lung is None else lung[None]
+                )
+            regions = regions_of[key]
             for method, npz in by_method.items():
                 res = Attribution.load(npz)
                 audit_rows.extend(
