@@ -147,6 +147,8 @@ def test_demo_on_real_data(shared_data, tmp_path):
     assert set(by_source) == {"covid-chestxray", "kermany"}
     report = (tmp_path / "real" / "report.md").read_text()
     assert "lung" in report and "border" in report
+    page = (tmp_path / "real" / "report.html").read_text()
+    assert "Attribution inside the lungs" in page and 'src="data:image/png;base64,' in page
     for name in ("nap_input_labels.png", "nap_input_sources.png", "attribution.png"):
         assert (tmp_path / "real" / name).stat().st_size > 0
 
