@@ -127,3 +127,29 @@ def test_a_broken_plugin_command_is_left_out_with_a_warning():
         assert any("broken" in str(w.message) for w in caught)
     finally:
         xl.unregister_plugin("broken-plugin")
+
+
+def test_report_predict_shows_each_labels_probability(outputs, tmp_path):
+    """--predict runs the explain run's model (its recorded weights) once per image; without
+    recorded weights (random init) it says so instead of showing another draw's numbers."""
+    import torch
+
+    clf = xl.get_classifier("resnet18")
+    weights = tmp_path / "r18.pt"
+    torch.save(clf.module.state_dict(), weights)
+    code = main(["explain", str(outputs / "imgs"), "--weights", str(weights), "--method",
+                 "saliency", "--labels", "COVID-19", "--size", "64", "--out",
+                 str(tmp_path / "maps"), "--no-png", "-q"])  # fmt: skip
+    assert code == 0
+    out = tmp_path / "rep"
+    argv = ["report", "--predict", "--format", "html", "--out", str(out), "-q"]
+    assert main([*argv, "--explain", str(tmp_path / "maps")]) == 0
+    page = (out / "report.html").read_text()
+    img = xl.data.preprocess(xl.data.read_image(outputs / "imgs" / "im0.png"), size=64)
+    with torch.no_grad():
+        p = xl.get_classifier("resnet18", weights=str(weights)).predict_proba(img[None])[0]
+    expected = f"P(COVID-19) {float(p[clf.label_index('COVID-19')]):.2f}"
+    assert expected in page and "cannot be reproduced" not in page
+    assert main([*argv, "--explain", str(outputs / "resnet18")]) == 0  # random weights
+    page = (out / "report.html").read_text()
+    assert "cannot be reproduced" in page and "P(COVID-19)" not in page

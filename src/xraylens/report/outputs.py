@@ -128,6 +128,7 @@ def build(
     label_of: dict[str, str] = {}
     probs: dict[str, list] = {}
     costs = []
+    notes: list[str] = []
     lungs_known = masks is not None
     for run, model in zip(runs, names):
         summary, size = run["summary"], int(run["summary"].get("size") or 0)
@@ -175,8 +176,15 @@ def build(
             }
         )
         if predict and summary.get("model"):
-            shown = [images[k] for k in panel_keys if k in images]
-            probs[model] = _probabilities(summary, shown)
+            if not summary.get("weights"):
+                # random init cannot be rebuilt: another draw would give other probabilities
+                notes.append(
+                    f"`{model}`: explained with random weights (none recorded), so its "
+                    "probabilities cannot be reproduced and are not shown."
+                )
+            else:
+                shown = [images[k] for k in panel_keys if k in images]
+                probs[model] = _probabilities(summary, shown)
     aggregated = []
     for path in evaluate:
         aggregated += read_evaluate(path)[1]
@@ -210,7 +218,9 @@ def build(
                 size=panel_size,
             )
         )
-        if not probs:
+        for note in notes:
+            doc.sections[-1].add(Paragraph(note))
+        if not probs and not notes:
             doc.sections[-1].add(
                 Paragraph(
                     "Probabilities: not recorded by explain (rerun "
