@@ -19,7 +19,7 @@ from xraylens import plugins
 from xraylens.cli import build_parser, main
 from xraylens.core.classifier import eval_mode
 
-SUBCOMMANDS = ("list", "explain", "profile", "demo", "evaluate")
+SUBCOMMANDS = ("list", "explain", "profile", "demo", "evaluate", "report")
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -97,9 +97,10 @@ def test_default_demo_end_to_end(tmp_path, capsys):
     code = main(["demo", "--out", str(out), "--time-limit", "0"])
     printed = capsys.readouterr().out
     assert code == 0, printed
-    for phase in range(1, 7):
-        assert f"[{phase}/6]" in printed
-    assert "check lesions: passed" in printed and "check shortcut: passed" in printed
+    for phase in range(1, 8):
+        assert f"[{phase}/7]" in printed
+    for claim in ("lesions", "shortcut", "audit"):
+        assert f"check {claim}: passed" in printed
     result = json.loads((out / "results.json").read_text())
     expected = attrs.asdict(attrs.evolve(DemoConfig(), time_limit=None))
     assert result["config"] == json.loads(json.dumps(expected))
@@ -110,6 +111,17 @@ def test_default_demo_end_to_end(tmp_path, capsys):
     assert result["profile"]["input"]["marker"]["ratio"] >= 2.0
     assert result["profile"]["input"]["marker"]["peak_inside"] == 1.0
     assert min(result["test"]["auc"].values()) > 0.9, result["test"]["auc"]
+    # the marker-confounded model really uses the marker (the clean one does not), and the
+    # audit says so from the maps alone
+    used = result["shortcut_model"]["reliance"]["No Finding"]
+    clean = result["reliance"]["No Finding"]
+    assert used["with_marker"] - used["without_marker"] >= 0.3, used
+    assert clean["with_marker"] - clean["without_marker"] < 0.1, clean
+    verdicts = result["audit"]["verdicts"]
+    assert "reads markers" in verdicts["marker"] and "reads markers" not in verdicts["clean"]
+    assert result["audit"]["markers_found"] == result["audit"]["markers_planted"] > 0
+    page = (out / "report.html").read_text()
+    assert "Shortcut audit" in page and "reads markers" in page and "http://" not in page
     report = (out / "report.md").read_text()
     for figure in ("attribution.png", "nap_input.png", "nap_energy.png", "training.png"):
         assert f"]({figure})" in report and (out / figure).stat().st_size > 0
@@ -135,6 +147,8 @@ def test_demo_on_real_data(shared_data, tmp_path):
     assert set(by_source) == {"covid-chestxray", "kermany"}
     report = (tmp_path / "real" / "report.md").read_text()
     assert "lung" in report and "border" in report
+    page = (tmp_path / "real" / "report.html").read_text()
+    assert "Attribution inside the lungs" in page and 'src="data:image/png;base64,' in page
     for name in ("nap_input_labels.png", "nap_input_sources.png", "attribution.png"):
         assert (tmp_path / "real" / name).stat().st_size > 0
 

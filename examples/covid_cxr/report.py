@@ -1,4 +1,5 @@
-"""Step ``report``: one Markdown file with the tables and figures of the run, linking outputs.
+"""Step ``report``: ``report.md`` with the tables and figures of the run, linking outputs, and
+``report.html``, the same numbers in one self-contained file (:mod:`xraylens.report`).
 
 ``report.md`` (in ``--out``) holds: run settings and per-step times; the data and split sizes;
 training curves and the selected epochs; the paper's Table 2 layout (micro and macro precision,
@@ -160,13 +161,34 @@ def _section_training(run: Run) -> list[str]:
     return lines
 
 
-def _section_results(run: Run) -> list[str]:
+def _results(run: Run) -> tuple[dict, list[str], list[list[str]], list[list[str]]] | None:
+    """(models, Table 2 header, Table 2 rows, per-label F1 rows) from the evaluate outputs."""
     models = (_load(run.out / "metrics" / "models.json") or {}).get("models", {})
-    single = len(run.profile.backbones) == 1
-    if not single:  # with one backbone the ensembles are that model: no rows of their own
+    if len(run.profile.backbones) > 1:  # with one backbone the ensembles are that model
         models.update((_load(run.out / "metrics" / "ensemble.json") or {}).get("models", {}))
     if not models:
+        return None
+    header = ["model", "micro P", "micro R", "micro F1", "macro P", "macro R", "macro F1"]
+    rows = [
+        [name]
+        + [fmt(s[avg][fig]) for avg in ("micro", "macro") for fig in ("precision", "recall", "f1")]
+        for name, s in models.items()
+    ]
+    first = next(iter(models.values()))["per_label"]
+    per_label = [
+        [f"{lab} ({first[lab]['support']})"]
+        + [fmt(s["per_label"][lab]["f1"]) for s in models.values()]
+        for lab in first
+    ]
+    return models, header, rows, per_label
+
+
+def _section_results(run: Run) -> list[str]:
+    found = _results(run)
+    if found is None:
         return []
+    models, header, rows, per_label = found
+    single = len(run.profile.backbones) == 1
     lines = [
         "## Results on the test splits",
         "",
@@ -175,26 +197,13 @@ def _section_results(run: Run) -> list[str]:
         + (" One backbone: the ensembles equal it." if single else ""),
         "",
     ]
-    header = ["model", "micro P", "micro R", "micro F1", "macro P", "macro R", "macro F1"]
-    rows = [
-        [name]
-        + [fmt(s[avg][fig]) for avg in ("micro", "macro") for fig in ("precision", "recall", "f1")]
-        for name, s in models.items()
-    ]
     lines += _table(header, rows)
-    labels = list(next(iter(models.values()))["per_label"])
     lines += [
         "Per-label F1 (test positives summed over folds in brackets; n/a: no positive "
         "test image in any fold):",
         "",
     ]
-    first = next(iter(models.values()))["per_label"]
-    rows = [
-        [f"{lab} ({first[lab]['support']})"]
-        + [fmt(s["per_label"][lab]["f1"]) for s in models.values()]
-        for lab in labels
-    ]
-    lines += _table(["label"] + list(models), rows)
+    lines += _table(["label"] + list(models), per_label)
     for name, s in models.items():
         lines += [f"<details><summary>{name}: per-label precision / recall / F1</summary>", ""]
         lines += _table(
@@ -281,8 +290,75 @@ NOTES = """## How to read these numbers
 """
 
 
+def html_document(run: Run):
+    """The run as one :class:`xraylens.report.Document` (``report.html``: a single file with
+    the figures embedded): settings and times, Table 2 and per-label F1 (the evaluate step's
+    numbers, formatted as in ``report.md``), each explained image's figures with every label's
+    probability per model, the NAP plots, provenance (weights SHA-256, versions, seeds)."""
+    from xraylens.report import Document, Image, Paragraph, Section, Table, provenance
+    from xraylens.report.sections import provenance_section
+
+    p = run.profile
+    doc = Document(f"COVID-19 chest X-ray recipe: {p.name} run")
+    timings = _load(run.out / "timings.json") or {}
+    doc.sections.append(Section("Run", [
+        Paragraph(f"Profile **{p.name}**: {p.description}. Backbones {', '.join(p.backbones)}; "
+                  f"{p.size} px; {p.folds} fold(s) ({p.scheme}); {p.epochs} epochs."),
+        Table(["step", "seconds", "finished"],
+              [[k, float(timings[k]["seconds"]), timings[k]["finished"]] for k in STEPS
+               if k in timings], digits=1),
+    ]))  # fmt: skip
+    found = _results(run)
+    if found is not None:
+        models, header, rows, per_label = found
+        doc.sections.append(Section("Results on the test splits", [
+            Paragraph(f"Threshold {p.threshold} on the sigmoid output; mean ± std over "
+                      f"{p.folds} fold(s)."),
+            Table(header, rows, caption="the paper's Table 2 layout"),
+            Table(["label", *models], per_label, caption="per-label F1 (test positives)"),
+        ]))  # fmt: skip
+    for fold in p.explain_folds:
+        index = _load(run.explain_dir(fold) / "index.json")
+        if not index:
+            continue
+        sec = Section(f"Explanations (fold {fold})")
+        for entry in index["images"][:MAX_FIGURES]:
+            probs = [
+                [m, lab, float(v)]
+                for m, info in entry["models"].items()
+                for lab, v in sorted(info["probs"].items(), key=lambda kv: -kv[1])[:4]
+            ]
+            sec.add(Paragraph(f"`{entry['id']}`: truth {', '.join(entry['truth']) or 'none'}"))
+            sec.add(Table(["model", "label", "probability"], probs, caption="top labels"))
+            for fig in entry["figures"]:
+                path = run.explain_dir(fold) / entry["folder"] / fig
+                if path.is_file():
+                    sec.add(Image.from_file(path, f"{entry['id']}: {fig}"))
+        doc.sections.append(sec)
+    naps = Section("Neuron Activation Profiles")
+    for backbone in p.backbones:
+        for fold in p.explain_folds:
+            folder = run.nap_dir(backbone, fold)
+            for name in ("input.png", "inactive.png"):
+                if (folder / name).is_file():
+                    naps.add(Image.from_file(folder / name, f"{backbone}, fold {fold}: {name}"))
+    if naps.blocks:
+        doc.sections.append(naps)
+    notes = [Paragraph(" ".join(item.split())) for item in NOTES.split("\n- ")[1:]]
+    doc.sections.append(Section("How to read these numbers", notes))
+    weights = {
+        f"{b} fold {f}": {"weights": str(run.model_dir(b, f) / "best.pt")}
+        for b in p.backbones for f in range(p.folds) if (run.model_dir(b, f) / "best.pt").is_file()
+    }  # fmt: skip
+    doc.sections.append(provenance_section(provenance(
+        weights, preprocessing={"size": p.size}, seeds={"seed": p.seed},
+        command=f"python -m examples.covid_cxr report --out {run.out}",
+    )))  # fmt: skip
+    return doc
+
+
 def report(run: Run) -> Path | None:
-    """Write ``report.md`` (rank 0)."""
+    """Write ``report.md`` and ``report.html`` (rank 0)."""
     t0 = time.perf_counter()
     if not run.dist.is_main:
         run.dist.barrier()
@@ -304,6 +380,9 @@ def report(run: Run) -> Path | None:
         lines += section(run)
     lines += NOTES.splitlines()
     path = atomic_write_text(run.out / "report.md", "\n".join(lines) + "\n")
+    from xraylens.report import write_report
+
+    write_report(html_document(run), run.out, formats=("html",))
     run.record_time("report", time.perf_counter() - t0)
     run.dist.barrier()
     return path

@@ -1,8 +1,10 @@
 """The ``xraylens`` command line.
 
 Subcommands: ``list`` (registered plugins), ``explain`` (attribution maps for image files),
-``profile`` (Neuron Activation Profiles of a dataset), ``demo`` (the offline demo) and
-``evaluate`` (score explained maps against masks). Exit
+``profile`` (Neuron Activation Profiles of a dataset), ``demo`` (the offline demo),
+``evaluate`` (score explained maps against masks), ``report`` (one HTML/Markdown page from
+explain, evaluate and profile outputs) and any a plugin registers through the
+``register_commands`` hook. Exit
 status: 0 success, 1 failure or partial failure (e.g. some images unreadable), 2 usage error,
 130 interrupted. Errors print as one line; ``-v`` adds the traceback and the library's log.
 """
@@ -10,65 +12,12 @@ status: 0 success, 1 failure or partial failure (e.g. some images unreadable), 2
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import traceback
+import warnings
 
 from xraylens.commands.common import UsageError, plain
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    """Print every plugin kind's entries with the plugin that registered each."""
-    from xraylens import plugins
-
-    kinds = [args.kind] if args.kind else list(plugins.KINDS)
-    table = {kind: plugins.entries(kind) for kind in kinds}
-    if args.json:
-        data = {
-            f"{kind}s": {
-                name: {"plugin": e.plugin, "distribution": e.distribution, **_details(e)}
-                for name, e in sorted(entries.items())
-            }
-            for kind, entries in table.items()
-        }
-        print(json.dumps(data, indent=2, default=repr))
-        return 0
-    for kind, entries in table.items():
-        print(f"{kind}s:")
-        if not entries:
-            print("  (none)")
-        for name, entry in sorted(entries.items()):
-            source = entry.plugin + (f" ({entry.distribution})" if entry.distribution else "")
-            print(f"  {name:<22} {source}")
-            if args.long:
-                for key, value in _details(entry).items():
-                    print(f"  {'':<22}   {key}: {value}")
-    return 0
-
-
-def _details(entry) -> dict:
-    """Parameters (with defaults) and presets of a plugin whose factory has an attrs Config."""
-    import attrs
-
-    config = getattr(entry.factory, "Config", None)
-    out: dict = {}
-    if attrs.has(config):
-        out["parameters"] = (
-            ", ".join(f"{f.name}={_default(f)}" for f in attrs.fields(config)) or "(none)"
-        )
-    presets = getattr(entry.factory, "presets", None)
-    if presets:
-        out["presets"] = ", ".join(sorted(presets))
-    return out
-
-
-def _default(field) -> str:
-    import attrs
-
-    if isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
-        return repr(field.default.factory())
-    return "(required)" if field.default is attrs.NOTHING else repr(field.default)
 
 
 def _verbosity() -> argparse.ArgumentParser:
@@ -85,9 +34,9 @@ def _verbosity() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``xraylens`` argument parser (subcommands and their options)."""
-    from xraylens import __version__
-    from xraylens.commands import demo, evaluate, explain, profile
+    """The ``xraylens`` argument parser: every subcommand registered through the
+    ``register_commands`` hook (the built-ins in :mod:`xraylens.commands.builtin`, then plugins)."""
+    from xraylens import __version__, plugins
 
     verbose = _verbosity()
     parser = argparse.ArgumentParser(
@@ -98,23 +47,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"xraylens {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from xraylens.plugins import KINDS
-
-    kinds = ", ".join(f"{k}s" for k in KINDS)
-    p = sub.add_parser(
-        "list",
-        help=f"list {kinds}",
-        description=f"List the registered {kinds}, with the plugin (and distribution) that "
-        "registered each.",
-        parents=[verbose],
-    )
-    p.add_argument("--kind", choices=tuple(KINDS))
-    p.add_argument("-l", "--long", action="store_true", help="show parameters and presets")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_list)
-    for module in (explain, profile, demo, evaluate):
-        module.add_parser(sub, parents=[verbose])
+    for name, entry in plugins.entries("command").items():  # registration order
+        _add_command(sub, name, entry, verbose)
     return parser
+
+
+def _add_command(sub, name: str, entry, verbose: argparse.ArgumentParser) -> None:
+    """Let one registered command add its subparser; a broken plugin warns and is left out, so
+    that it cannot take the other commands down."""
+    from xraylens.plugins import PluginWarning
+
+    try:
+        entry.factory(sub, parents=[verbose])
+        if name not in sub.choices:
+            raise ValueError(f"add_parser did not add a subcommand named {name!r}")
+        if sub.choices[name].get_default("func") is None:
+            raise ValueError(f"subcommand {name!r} sets no func (p.set_defaults(func=...))")
+    except Exception as exc:
+        if entry.plugin.startswith("xraylens."):
+            raise  # a built-in command is never broken silently
+        sub.choices.pop(name, None)
+        warnings.warn(
+            f"plugin {entry.plugin!r}: command {name!r} failed to register: {exc!r}",
+            PluginWarning,
+            stacklevel=3,
+        )
 
 
 def _error(command: str | None, message: str) -> None:

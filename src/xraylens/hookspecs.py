@@ -4,6 +4,8 @@ Each hook is called once, when the registry is first used, with a ``register(nam
 callback. ``factory(**kwargs)`` must return an instance of the matching base class
 (:class:`xraylens.Classifier`, :class:`xraylens.Attributor`, :class:`xraylens.Profiler`,
 :class:`xraylens.evaluate.Metric`).
+``register_commands`` adds subcommands to the ``xraylens`` command line instead: its factory is
+``add_parser(sub, parents=...)``, which adds one subparser to ``sub`` and returns it.
 """
 
 from __future__ import annotations
@@ -32,3 +34,9 @@ def register_profilers(register):
 @hookspec
 def register_metrics(register):
     """Register evaluation metrics: ``register("name", factory)``, ``factory(**kw) -> Metric``."""
+
+
+@hookspec
+def register_commands(register):
+    """Register subcommands: ``register("name", add_parser)``, ``add_parser(sub, parents=())``
+    adds the ``name`` subparser to ``sub`` (argparse subparsers) and sets its ``func``."""

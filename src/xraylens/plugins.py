@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "xraylens.attr.cam_plugin",
     "xraylens.profile.nap",
     "xraylens.evaluate.plugin",
+    "xraylens.commands.builtin",
 )
 
 #: kind -> (hook name, base class path)
@@ -43,6 +44,8 @@ KINDS: dict[str, tuple[str, str]] = {
     "attributor": ("register_attributors", "xraylens.core.attributor:Attributor"),
     "profiler": ("register_profilers", "xraylens.core.profiler:Profiler"),
     "metric": ("register_metrics", "xraylens.evaluate.metric:Metric"),
+    # Subcommands of the command line: the factory adds an argparse subparser (see cli.py).
+    "command": ("register_commands", "argparse:ArgumentParser"),
 }
 
 

@@ -21,8 +21,8 @@ DEFAULT_METHODS = (
 
 @attrs.frozen
 class DemoConfig:
-    """What the demo computes. The defaults are the README's ``xraylens demo`` (about two
-    minutes on two CPU cores); :data:`PRESETS` ``"quick"`` is a smaller run of the same code.
+    """What the demo computes. The defaults are the README's ``xraylens demo`` (73 s on two
+    idle CPU cores, both models); :data:`PRESETS` ``"quick"`` is a smaller run of the same code.
 
     Attributes:
         size: image side in pixels.
@@ -37,7 +37,10 @@ class DemoConfig:
         ig_steps: integration steps of integrated gradients.
         occlusion_window, occlusion_stride: occlusion's window and stride as fractions of the
             image side (16 and 12 px at 96 px: 8 x 8 windows).
-        shortcut_p, shortcut_p_other: share of COVID-19 / other phantoms with the marker.
+        shortcut_p, shortcut_p_other: share of COVID-19 / other *test* phantoms with the marker.
+        confound_p, confound_p_other: the same shares in the training set of the
+            marker-confounded model (default: every COVID-19 phantom and no other, a perfect
+            shortcut that it learns instead of the lesions). The clean model sees no marker.
         seed: everything is deterministic given the seed.
     """
 
@@ -55,6 +58,8 @@ class DemoConfig:
     occlusion_stride: float = 1 / 8
     shortcut_p: float = 0.8
     shortcut_p_other: float = 0.05
+    confound_p: float = 1.0
+    confound_p_other: float = 0.0
     seed: int = 0
 
 

@@ -85,7 +85,7 @@ def run_real(cfg: DemoConfig, root: Path, out: Path, log: Callable[[str], None] 
     """Run the real-data demo on ``root`` into ``out``; returns the measured numbers."""
     from xraylens.core.atomic import atomic_write_text
     from xraylens.data.folders import open_data
-    from xraylens.demo.report_real import real_markdown, write_real_figures
+    from xraylens.demo.report_real import real_document, real_markdown, write_real_figures
     from xraylens.demo.synthetic import _train_summary, attributor, train_logged
     from xraylens.profile import membership_from_records, membership_from_targets
 
@@ -219,5 +219,9 @@ def run_real(cfg: DemoConfig, root: Path, out: Path, log: Callable[[str], None] 
     result["checks"] = {}
     report = out / "report.md"
     atomic_write_text(report, real_markdown(result, files))
+    from xraylens.report import write_report
+
+    html = write_report(real_document(result, files, out), out, formats=("html",))["html"]
     result["report"] = str(report)
+    result["report_html"] = str(html)
     return result

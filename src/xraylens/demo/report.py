@@ -6,7 +6,6 @@ thresholds are named constants so the report says what "well above chance" means
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +15,6 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from xraylens import viz
-from xraylens.core.atomic import atomic_write_text
 
 #: A map "concentrates" on a region when its share there is at least this many times chance.
 CONCENTRATION_RATIO = 2.0
@@ -93,7 +91,7 @@ def write_synthetic_figures(
     nap,
     marker_region: np.ndarray,
 ) -> dict[str, str]:
-    """Write the PNGs and ``results.json``; returns figure name -> file name."""
+    """Write the PNGs and ``nap.npz``; returns figure name -> file name."""
     out.mkdir(parents=True, exist_ok=True)
     methods = list(maps)
     rows = _figure_rows(records)
@@ -124,7 +122,6 @@ def write_synthetic_figures(
     files["training"] = "training.png"
     viz.save_figure(loss_figure(result["train"]["losses"]), out / files["training"], dpi=80)
     nap.save(out / "nap.npz")
-    atomic_write_text(out / "results.json", json.dumps(result, indent=2, default=_json) + "\n")
     return files
 
 
@@ -137,16 +134,24 @@ def _json(value: Any) -> Any:
 
 
 def checks(result: dict[str, Any]) -> dict[str, bool]:
-    """The demo's two claims, decided from the numbers: (a) attribution maps concentrate on the
-    lesions (at least half of the methods at ``CONCENTRATION_RATIO`` x chance or more), and
-    (b) the COVID-19 NAP of the input and first layer concentrates on the marker (same bar)."""
+    """The demo's three claims, decided from the numbers: (a) the clean model's maps
+    concentrate on the lesions (at least half of the methods at ``CONCENTRATION_RATIO`` x
+    chance or more), (b) the COVID-19 NAP of the input and first layer concentrates on the
+    marker (same bar), and (c) the shortcut audit flags the marker-confounded model as reading
+    markers and not the clean one."""
     ratios = [a["lesion_ratio"] for a in result["attribution"].values()]
     good = [r for r in ratios if not math.isnan(r) and r >= CONCENTRATION_RATIO]
     early = list(result["profile"])[:2]
     nap_ok = all(
         result["profile"][layer]["marker"]["ratio"] >= CONCENTRATION_RATIO for layer in early
     )
-    return {"lesions": bool(ratios) and 2 * len(good) >= len(ratios), "shortcut": nap_ok}
+    out = {"lesions": bool(ratios) and 2 * len(good) >= len(ratios), "shortcut": nap_ok}
+    verdicts = result.get("audit", {}).get("verdicts")
+    if verdicts is not None:
+        out["audit"] = "reads markers" in verdicts.get("marker", {}) and (
+            "reads markers" not in verdicts.get("clean", {})
+        )
+    return out
 
 
 def timings_table(timings: dict[str, dict[str, float]]) -> str:
@@ -202,141 +207,3 @@ def _depth_sentence(prof: dict[str, Any]) -> str:
         "rests on it is what the counterfactual above and the deep layers tell."
     )
     return text
-
-
-def synthetic_markdown(result: dict[str, Any], files: dict[str, str]) -> str:
-    """The report's Markdown."""
-    cfg = result["config"]
-    ok = checks(result)
-    att = result["attribution"]
-    prof = result["profile"]
-    nf = result["reliance"]["No Finding"]
-    bp = result["reliance"]["Bacterial Pneumonia"]
-    lines = [
-        "# xraylens demo: synthetic chest X-rays with known lesions and a planted shortcut",
-        "",
-        f"A ResNet18 was trained on {cfg['n_train']} synthetic phantoms ({cfg['size']} px: No "
-        "Finding, COVID-19 with bilateral ground-glass opacities, Bacterial Pneumonia with a "
-        "lobar consolidation). A bright corner marker was planted in "
-        f"{cfg['shortcut_p']:.0%} of the COVID-19 images and {cfg['shortcut_p_other']:.0%} of "
-        "the others: a shortcut, like the burnt-in labels and borders that differ between real "
-        "data sources. Lesion masks are known, so we can measure whether explanations find them.",
-        "",
-        "## Summary",
-        "",
-        *_cut_warning(result),
-        f"- (a) Attribution on the lesions: **{'yes' if ok['lesions'] else 'no'}** (at least half "
-        f"of the methods put {CONCENTRATION_RATIO:g}x or more of chance in the lesion masks).",
-        f"- (b) NAPs expose the shortcut: **{'yes' if ok['shortcut'] else 'no'}** (the COVID-19 "
-        f"NAP of the first two profiled layers has {CONCENTRATION_RATIO:g}x or more of chance of "
-        "its energy in the marker region).",
-        f"- Does the model *use* the shortcut? {_reliance_sentence(nf, bp)}",
-        f"- {_depth_sentence(prof)}",
-        "",
-        "## Training",
-        "",
-        f"{result['train']['steps']} steps of batch {cfg['batch_size']} in "
-        f"{result['train']['seconds']:.1f} s"
-        + (" (stopped by the time limit)" if result["train"]["stopped_early"] else "")
-        + f"; final loss {_fmt(result['train']['final_loss'], 4)}. Test set: "
-        f"{result['test']['n']} phantoms, accuracy over all labels "
-        f"{_fmt(result['test']['accuracy'], 3)}.",
-        "",
-        _table(["label", "test AUC"], [[k, _fmt(v, 3)] for k, v in result["test"]["auc"].items()]),
-        "",
-        f"![training loss]({files['training']})",
-        "",
-        "## (a) Do the maps hit the lesions?",
-        "",
-        "Each test image is explained for its own finding. *Lesion share*: the share of the "
-        "map's positive attribution inside the lesion mask; *chance*: the mask's share of the "
-        "image area (what a uniform map would get); *ratio* = share / chance. *Pointing game*: "
-        "the map's maximum lies in the lesion (grown by a pixel or two). Images with the "
-        "marker are measured separately: *marker share* is the positive attribution on the "
-        "marker, whose area share is "
-        f"{_fmt(next(iter(att.values()))['marker_chance'], 3)}.",
-        "",
-        _table(
-            [
-                "method",
-                "lesion share",
-                "chance",
-                "ratio",
-                "in lungs",
-                "pointing game",
-                "marker share",
-                "seconds",
-            ],
-            [
-                [
-                    f"`{m}`",
-                    _fmt(a["lesion_share"]),
-                    _fmt(a["lesion_chance"]),
-                    _fmt(a["lesion_ratio"], 1),
-                    _fmt(a["lung_share"]),
-                    f"{a['pointing']:.0%}" if not math.isnan(a["pointing"]) else "n/a",
-                    _fmt(a["marker_share"]),
-                    _fmt(a["seconds"], 1),
-                ]
-                for m, a in att.items()
-            ],
-        ),
-        "",
-        f"![attribution maps]({files['attribution']})",
-        "",
-    ]
-    if result["missing_methods"]:
-        lines += [
-            f"Not run (not registered here): {', '.join(result['missing_methods'])}.",
-            "",
-        ]
-    lines += [
-        "## (b) Do the NAPs expose the shortcut?",
-        "",
-        "Neuron Activation Profiles of the test set for the groups "
-        f"{', '.join(result['nap_counts'])} (counts {result['nap_counts']}). For the COVID-19 "
-        "group, *energy* is the sum over feature maps of |NAP| per position; the table gives "
-        "the share of that energy in the region where markers occur and in the region where "
-        "COVID-19 lesions occur, each against its area share (chance), and whether the energy "
-        "peak lies in the marker region.",
-        "",
-        _table(
-            [
-                "layer",
-                "shape",
-                "marker share",
-                "chance",
-                "ratio",
-                "peak in marker",
-                "lesion-region ratio",
-            ],
-            [
-                [
-                    f"`{layer}`",
-                    "x".join(str(s) for s in p["shape"]),
-                    _fmt(p["marker"]["share"]),
-                    _fmt(p["marker"]["chance"], 3),
-                    _fmt(p["marker"]["ratio"], 1),
-                    "yes" if p["marker"]["peak_inside"] else "no",
-                    _fmt(p["lesion"]["ratio"], 1),
-                ]
-                for layer, p in prof.items()
-            ],
-        ),
-        "",
-        f"![input-layer NAPs]({files['nap_input']})",
-        "",
-        f"![NAP energy per layer]({files['nap_energy']})",
-        "",
-    ]
-    if "nap_grid" in files:
-        lines += [f"![NAP feature maps]({files['nap_grid']})", ""]
-    lines += [
-        "## Timings",
-        "",
-        timings_table(result["timings"]),
-        "",
-        f"Settings: `{json.dumps(cfg)}`. All numbers: `results.json`; NAPs: `nap.npz`.",
-        "",
-    ]
-    return "\n".join(lines)

@@ -159,3 +159,96 @@ def real_markdown(result: dict[str, Any], files: dict[str, str]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def real_document(result: dict[str, Any], files: dict[str, str], out: Path):
+    """The same report as one :class:`xraylens.report.Document` (for ``report.html``)."""
+    from xraylens.report import Document, Image, Paragraph, Section, Table, provenance
+    from xraylens.report.sections import costs_section, provenance_section
+
+    cfg = result["config"]
+    doc = Document(
+        "xraylens demo on real chest X-rays",
+        summary=[
+            f"Data: `{result['data']}`; a ResNet18 trained on {result['n_train']} images "
+            f"({cfg['size']} px, patient-level split), tested on {result['n_test']} images of "
+            "other patients. Attribution is measured against the **lung masks**; the shortcut "
+            "to look for is the **data source**.",
+            *[line for line in _cut_warning(result) if line],
+        ],
+    )
+    train = Section("Training and test")
+    train.add(
+        Table(["label", "test AUC"], list(result["test"]["auc"].items())),
+        Image.from_file(out / files["training"], "training loss"),
+    )
+    by_source = result["test"]["covid_probability_by_source"]
+    if by_source:
+        train.add(Table(["data source", "mean P(COVID-19)"], list(by_source.items())))
+    doc.sections.append(train)
+    lungs = Section("Attribution inside the lungs")
+    if result["attribution"]:
+        lungs.add(
+            Table(
+                ["method", "share in lungs", "chance", "ratio", "pointing game", "seconds"],
+                [
+                    [
+                        f"`{m}`",
+                        a["lung_share"],
+                        a["lung_chance"],
+                        a["lung_ratio"],
+                        a["pointing"],
+                        a["seconds"],
+                    ]
+                    for m, a in result["attribution"].items()
+                ],  # fmt: skip
+                digits=2,
+            )
+        )
+        if "attribution" in files:
+            lungs.add(Image.from_file(out / files["attribution"], "attribution (cyan: lungs)"))
+    else:
+        lungs.add(Paragraph("No test image with a lung mask, or no attribution method."))
+    doc.sections.append(lungs)
+    naps = Section("NAPs and the image border")
+    naps.add(Paragraph(f"Share of each group's NAP energy in the outer {result['border']:.0%} "
+                       "of each side, against the border's area share."))  # fmt: skip
+    for kind, table in result["profile"].items():
+        groups = list(next(iter(table.values())))
+        naps.add(
+            Table(
+                ["layer", *[f"{g}: share" for g in groups], *[f"{g}: ratio" for g in groups]],
+                [
+                    [
+                        f"`{layer}`",
+                        *[v[g]["share"] for g in groups],
+                        *[v[g]["ratio"] for g in groups],
+                    ]
+                    for layer, v in table.items()
+                ],  # fmt: skip
+                caption=f"groups by {'label' if kind == 'labels' else 'data source'}",
+                digits=2,
+            ),
+            Image.from_file(out / files[f"nap_input_{kind}"], f"input-layer NAPs ({kind})"),
+            Image.from_file(out / files[f"nap_energy_{kind}"], f"NAP energy ({kind})"),
+        )
+    doc.sections.append(naps)
+    doc.sections.append(
+        costs_section(
+            [
+                {"what": k, "seconds": v["wall"], "cpu seconds": v["cpu"]}
+                for k, v in result["timings"].items()
+            ]  # fmt: skip
+        )
+    )
+    doc.sections.append(
+        provenance_section(
+            provenance(
+                {"resnet18": {"weights": "trained here, random init"}},
+                preprocessing={"size": cfg["size"]},
+                seeds={"seed": cfg["seed"]},
+                settings=json.dumps(cfg),
+            )  # fmt: skip
+        )
+    )
+    return doc

@@ -3,19 +3,23 @@
 1. Data: phantoms (:mod:`xraylens.data.phantoms`) of three classes (No Finding, COVID-19,
    Bacterial Pneumonia) with known lesion masks, and a planted shortcut: a bright corner marker
    in most COVID-19 images and few others.
-2. Train a ResNet18 (greyscale, the labels that occur) for about a minute on the CPU.
+2. Train two ResNet18s (greyscale, the labels that occur): one on clean phantoms, one on
+   phantoms where the marker is in every COVID-19 image and no other (a perfect shortcut).
 3. Evaluate: test AUC per label, and the shortcut's pull: the model's COVID-19 probability on
    the same phantoms drawn without and with the marker.
 4. Explain test images with several methods, each for its finding; measure how much positive
    attribution lands in the lesion (vs. the lesion's area share: chance), the pointing game,
    and on marker images how much lands on the marker.
-5. Profile the test set with NAPs (groups COVID-19, Bacterial Pneumonia, No Finding); measure
+5. Audit both models (:mod:`xraylens.audit`): the share of attribution on the lungs, the
+   border, the corners and the markers found in each image, against their area; flags.
+6. Profile the test set with NAPs (groups COVID-19, Bacterial Pneumonia, No Finding); measure
    how much of the COVID-19 NAP's energy lies in the marker region, layer by layer.
-6. Write the report (Markdown + PNGs).
+7. Write the report (Markdown + PNGs, and one self-contained HTML file).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +31,7 @@ import torch
 import xraylens as xl
 from xraylens.demo import metrics
 from xraylens.demo.config import DemoConfig, Phases
+from xraylens.demo.report import _json
 from xraylens.demo.train import predict, train_classifier
 
 CLASSES = ("No Finding", "COVID-19", "Bacterial Pneumonia")
@@ -169,12 +174,66 @@ def train_logged(clf, x, y, cfg: DemoConfig, log: Callable[[str], None]):
     return fit
 
 
+def _audit(models: dict[str, dict[str, np.ndarray]], x, records, targets) -> dict[str, Any]:
+    """The shortcut audit of every model's maps on the explained images (lungs known)."""
+    from xraylens import audit
+    from xraylens.evaluate import Results
+
+    lungs = np.stack([r["lung_mask"] for r in records])
+    regions = audit.stack_regions(x, lungs)
+    ids = [str(i) for i in range(len(records))]
+    rows = Results.concat(
+        audit.audit_maps(
+            maps[:, None],
+            x,
+            model=model,
+            method=method,
+            labels=targets,
+            image_ids=ids,
+            regions=regions,
+        )  # fmt: skip
+        for model, by_method in models.items()
+        for method, maps in by_method.items()
+    )
+    summary = audit.summarise(rows)
+    flags = audit.flag(summary)
+    return {
+        "summary": summary,
+        "flags": flags,
+        "verdicts": audit.verdicts(summary, flags),
+        "thresholds": audit.describe_thresholds(),
+        "markers_found": int(regions["markers"].any(axis=(1, 2)).sum()),
+        "markers_planted": int(sum(bool(r["shortcut"]) for r in records)),
+    }
+
+
+def _evaluate(clf, cfg: DemoConfig, test, y_test, labels, log, name: str) -> dict[str, Any]:
+    probs = predict(clf, test.images)
+    auc = {lab: metrics.auc(probs[:, j], y_test[:, j]) for j, lab in enumerate(labels)}
+    accuracy = float(((probs >= 0.5) == (y_test > 0.5)).float().mean())
+    n_cf = max(8, cfg.n_test // 6)
+    reliance = {
+        f: _counterfactual(clf, cfg, f, n_cf) for f in ("No Finding", "Bacterial Pneumonia")
+    }
+    cf = reliance["No Finding"]
+    log(
+        f"    {name}: test AUC {', '.join(f'{k} {v:.3f}' for k, v in auc.items())}; "
+        f"P(COVID-19) on No Finding phantoms {cf['without_marker']:.3f} without the marker, "
+        f"{cf['with_marker']:.3f} with it"
+    )
+    return {"auc": auc, "accuracy": accuracy, "n": len(test)}, reliance, probs
+
+
 def run_synthetic(cfg: DemoConfig, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the phantom demo into ``out``; returns every measured number (and the report path)."""
+    """Run the phantom demo into ``out``; returns every measured number (and the report path).
+
+    Two ResNet18s: ``clean`` (trained without any marker) and ``marker`` (trained on phantoms
+    where the marker is a perfect COVID-19 shortcut); both are tested on the same phantoms."""
     import attrs
 
     from xraylens.core.atomic import atomic_write_text
-    from xraylens.demo.report import checks, synthetic_markdown, write_synthetic_figures
+    from xraylens.demo.report import checks, write_synthetic_figures
+    from xraylens.demo.report_doc import synthetic_document
 
     methods, missing = _available(cfg.methods)
     if not methods:
@@ -182,53 +241,62 @@ def run_synthetic(cfg: DemoConfig, out: Path, log: Callable[[str], None] = print
             f"none of the demo's methods {list(cfg.methods)} is registered; "
             f"attributors: {xl.list_attributors()}"
         )
-    phases = Phases(6, log)
+    phases = Phases(7, log)
     torch.manual_seed(cfg.seed)
-    with phases.phase("data", f"drawing {cfg.n_train} + {cfg.n_test} phantoms at {cfg.size} px"):
+    with phases.phase(
+        "data", f"drawing 2 x {cfg.n_train} + {cfg.n_test} phantoms at {cfg.size} px"
+    ):
         shortcut = xl.data.Shortcut("marker", SHORTCUT_LABEL, cfg.shortcut_p, cfg.shortcut_p_other)
-        train, test = (
-            xl.data.Phantoms(n, cfg.size, seed=seed, classes=CLASSES, shortcut=shortcut)
-            for n, seed in ((cfg.n_train, cfg.seed), (cfg.n_test, cfg.seed + 1))
+        confound = xl.data.Shortcut("marker", SHORTCUT_LABEL, cfg.confound_p, cfg.confound_p_other)
+        train = xl.data.Phantoms(cfg.n_train, cfg.size, seed=cfg.seed, classes=CLASSES)
+        train_m = xl.data.Phantoms(
+            cfg.n_train, cfg.size, seed=cfg.seed, classes=CLASSES, shortcut=confound
+        )
+        test = xl.data.Phantoms(
+            cfg.n_test, cfg.size, seed=cfg.seed + 1, classes=CLASSES, shortcut=shortcut
         )
         present = train.targets.sum(0) > 0
         labels = tuple(name for name, p in zip(train.labels, present.tolist()) if p)
         cols = [train.labels.index(name) for name in labels]
-        y_train, y_test = train.targets[:, cols], test.targets[:, cols]
+        y_test = test.targets[:, cols]
     clf = xl.get_classifier("resnet18", labels=labels, input_size=cfg.size)
-    with phases.phase("train", f"training resnet18 ({cfg.steps} steps, labels {list(labels)})"):
-        fit = train_logged(clf, train.images, y_train, cfg, log)
-    with phases.phase("evaluate", "evaluating on the test phantoms"):
-        probs = predict(clf, test.images)
-        auc = {name: metrics.auc(probs[:, j], y_test[:, j]) for j, name in enumerate(labels)}
-        accuracy = float(((probs >= 0.5) == (y_test > 0.5)).float().mean())
-        n_cf = max(8, cfg.n_test // 6)
-        reliance = {
-            f: _counterfactual(clf, cfg, f, n_cf) for f in ("No Finding", "Bacterial Pneumonia")
-        }
-        log(f"    test AUC {', '.join(f'{k} {v:.3f}' for k, v in auc.items())}")
-        cf = reliance["No Finding"]
-        log(
-            f"    P(COVID-19) on No Finding phantoms: {cf['without_marker']:.3f} without the "
-            f"marker, {cf['with_marker']:.3f} with it"
-        )
+    clf_m = xl.get_classifier("resnet18", labels=labels, input_size=cfg.size)
+    with phases.phase(
+        "train", f"training two resnet18s, clean and marker-confounded ({cfg.steps} steps each)"
+    ):
+        fit = train_logged(clf, train.images, train.targets[:, cols], cfg, log)
+        fit_m = train_logged(clf_m, train_m.images, train_m.targets[:, cols], cfg, log)
+    with phases.phase("evaluate", "evaluating both on the test phantoms"):
+        test_sum, reliance, probs = _evaluate(clf, cfg, test, y_test, labels, log, "clean")
+        test_m, reliance_m, probs_m = _evaluate(clf_m, cfg, test, y_test, labels, log, "marker")
     k = cfg.explain_per_class
     chosen = [i for f in LESION_CLASSES for i in _pick(test.records, f, False, k)]
     chosen += _pick(test.records, SHORTCUT_LABEL, True, max(1, k // 2))
+    chosen += _pick(test.records, "No Finding", True, max(1, k // 4))
     records = [test.records[i] for i in chosen]
     x = test.images[chosen]
     targets = [[rec["finding"]] for rec in records]
     maps: dict[str, np.ndarray] = {}
+    maps_m: dict[str, np.ndarray] = {}
     attribution: dict[str, dict[str, Any]] = {}
-    with phases.phase("explain", f"explaining {len(chosen)} test images with {methods}"):
+    attribution_m: dict[str, dict[str, Any]] = {}
+    with phases.phase(
+        "explain", f"explaining {len(chosen)} test images with {methods}, both models"
+    ):
         for method in methods:
             maps[method], a = _explain_one(method, cfg, clf, x, targets, records)
-            attribution[method] = a
+            maps_m[method], am = _explain_one(method, cfg, clf_m, x, targets, records)
+            attribution[method], attribution_m[method] = a, am
             log(
-                f"    {method:<22} lesion share {a['lesion_share']:.2f} (chance "
+                f"    {method:<22} clean: lesion share {a['lesion_share']:.2f} (chance "
                 f"{a['lesion_chance']:.2f}, x{a['lesion_ratio']:.1f}), pointing game "
-                f"{a['pointing']:.0%}, marker share {a['marker_share']:.2f} "
-                f"({a['seconds']:.1f} s)"
+                f"{a['pointing']:.0%}; marker model: marker share {am['marker_share']:.2f} "
+                f"({a['seconds'] + am['seconds']:.1f} s)"
             )
+    with phases.phase("audit", "shortcut audit of both models' maps"):
+        audit = _audit({"clean": maps, "marker": maps_m}, x, records, targets)
+        for model, raised in audit["verdicts"].items():
+            log(f"    {model}: {', '.join(raised) if raised else 'no flag'}")
     with phases.phase("profile", f"NAPs of {len(test)} test phantoms, groups {list(NAP_GROUPS)}"):
         nap, profile, marker_region = _profile(clf, test)
         for layer, p in profile.items():
@@ -238,6 +306,10 @@ def run_synthetic(cfg: DemoConfig, out: Path, log: Callable[[str], None] = print
                 f"(area {m['chance']:.3f}, x{m['ratio']:.1f}), peak there: "
                 f"{'yes' if m['peak_inside'] else 'no'}"
             )
+        from xraylens.audit import nap_outside_lungs
+
+        lung_region = np.mean([r["lung_mask"] for r in test.records], axis=0) >= 0.5
+        outside = nap_outside_lungs(nap, lung_region, groups=[SHORTCUT_LABEL])
     result: dict[str, Any] = {
         "mode": "synthetic",
         "config": attrs.asdict(cfg),
@@ -245,13 +317,21 @@ def run_synthetic(cfg: DemoConfig, out: Path, log: Callable[[str], None] = print
         "methods": methods,
         "missing_methods": missing,
         "train": _train_summary(fit),
-        "test": {"auc": auc, "accuracy": accuracy, "n": len(test)},
+        "test": test_sum,
         "reliance": reliance,
         "attribution": attribution,
+        "shortcut_model": {
+            "train": _train_summary(fit_m),
+            "test": test_m,
+            "reliance": reliance_m,
+            "attribution": attribution_m,
+        },
+        "audit": audit,
         "profile": profile,
+        "nap_outside_lungs": outside,
         "nap_counts": nap.counts,
     }
-    with phases.phase("report", f"writing figures to {out}"):
+    with phases.phase("report", f"writing figures and the report to {out}"):
         files = write_synthetic_figures(
             out,
             result,
@@ -261,9 +341,22 @@ def run_synthetic(cfg: DemoConfig, out: Path, log: Callable[[str], None] = print
             nap=nap,
             marker_region=marker_region,
         )
+        result["timings"] = phases.table()
+        result["checks"] = checks(result)
+        doc = synthetic_document(
+            result,
+            files,
+            out,
+            images=x.numpy()[:, 0],
+            maps={"clean": maps, "marker": maps_m},
+            probs={"clean": probs[chosen], "marker": probs_m[chosen]},
+            records=records,
+        )
+        from xraylens.report import write_report
+
+        written = write_report(doc, out)
     result["timings"] = phases.table()
-    result["checks"] = checks(result)
-    report = out / "report.md"
-    atomic_write_text(report, synthetic_markdown(result, files))
-    result["report"] = str(report)
+    atomic_write_text(out / "results.json", json.dumps(result, indent=2, default=_json) + "\n")
+    result["report"] = str(written["md"])
+    result["report_html"] = str(written["html"])
     return result
