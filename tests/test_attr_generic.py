@@ -106,12 +106,12 @@ def test_chunks_of_one_give_the_same_maps(method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_out_of_memory_retry_counts_every_chunk_once(method, monkeypatch):
-    if not isinstance(xl.get_attributor(method), _pairs.PairAttributor):
+    if not isinstance(xl.get_attributor(method), _pairs.GradientAttributor):
         pytest.skip(f"{method} does not use the pair machinery (its own retry is its tests')")
     clf = small_classifier(dtype=torch.float64)
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     expected = _attributor(method).attribute(clf, x, [1, 2])
-    run = _pairs.PairAttributor._run_chunk
+    run = _pairs.GradientAttributor._run_chunk
     failed = []
 
     def flaky(self, ctx, start, stop):
@@ -121,7 +121,7 @@ def test_out_of_memory_retry_counts_every_chunk_once(method, monkeypatch):
             raise RuntimeError(f"CUDA out of memory (simulated; {len(out)} results dropped)")
         return run(self, ctx, start, stop)
 
-    monkeypatch.setattr(_pairs.PairAttributor, "_run_chunk", flaky)
+    monkeypatch.setattr(_pairs.GradientAttributor, "_run_chunk", flaky)
     got = _attributor(method).attribute(clf, x, [1, 2])
     assert failed
     torch.testing.assert_close(got.values, expected.values, rtol=1e-6, atol=1e-9)

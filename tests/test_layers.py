@@ -23,6 +23,7 @@ LAYERS = {
     "attr": 2,
     "profile": 2,
     "evaluate": 2,
+    "audit": 3,
     "viz": 3,
     "report": 3,
     "plugins": 3,

@@ -15,7 +15,7 @@ Cost per chunk of rows: one forward, then ``T`` backward passes (retained graph)
 probe of one row; on out-of-memory it halves them (a chunk commits its results only when all
 its rounds are done, so a retry never counts twice).
 
-A method (subclass of :class:`PairAttributor`) says how units become rows (:meth:`make_rows`)
+A method (subclass of :class:`GradientAttributor`) says how units become rows (:meth:`make_rows`)
 and how a row's gradient becomes its share of the unit's map (:meth:`row_maps`).
 """
 
@@ -101,7 +101,7 @@ def _rounds(plan: TargetPlan) -> tuple[torch.Tensor, torch.Tensor]:
     return label, pair
 
 
-class PairAttributor(Attributor):
+class GradientAttributor(Attributor):
     """Base of the gradient-based attributors (see the module docstring).
 
     Subclasses set ``pipeline`` (surgery), ``rules`` (None, ``"deeplift"``, ``"guided"``,
@@ -322,3 +322,7 @@ class _Accumulator:
         values = aggregate(self.ctx.units.kind, self.sum, self.sq)
         delta = self.delta if self.ctx.units.kind in (None, "smoothgrad") else None
         return values, delta
+
+
+#: The name of :class:`GradientAttributor` before 0.2 (kept for plugins that subclass it).
+PairAttributor = GradientAttributor

@@ -19,7 +19,7 @@ from torch import nn
 
 from xraylens.attr import configs
 from xraylens.attr._cam_layer import default_layer, layer_probe, resolve_layout
-from xraylens.attr._pairs import Context, PairAttributor, Rows
+from xraylens.attr._pairs import Context, GradientAttributor, Rows
 from xraylens.errors import InputError
 from xraylens.surgery import PIPELINES
 
@@ -33,7 +33,7 @@ def _is_leaf(inner: nn.Module, name: str) -> bool:
         return False
 
 
-class GradCam(PairAttributor):
+class GradCam(GradientAttributor):
     """Grad-CAM on ``layer`` (default: the classifier's ``cam_layer``, else the last module with
     a spatial 4-D output).
 
@@ -60,6 +60,14 @@ class GradCam(PairAttributor):
         # A layer probe (one no-grad forward, remembered) finds the default layer, and sees a
         # leaf module called at several places before ``split_reused`` splits it; otherwise
         # the hook checks calls and shape on the real forward (no extra pass).
+        members = getattr(clf, "member_cam_layers", None)
+        if not name and members is not None:
+            # an ensemble: a searched default would be one member's layer and explain only it
+            choices = ", ".join(repr(m) for m in members if m) or "members.<i>.<layer>"
+            raise InputError(
+                f"{self.name}: the ensemble {clf.name!r} has no cam_layer; pass layer= a "
+                f"member's layer ({choices}): its map is that member's weighted CAM"
+            )
         probe = None
         if not name or (leaf and "split_reused" in PIPELINES[self.pipeline]):
             probe = layer_probe(clf.module, model, inner, x[:1])
@@ -175,4 +183,4 @@ class GuidedGradCam(GradCam):
             cam = self.cam(ctx, out, grad_out, relu=True)
         finally:
             ctx.rules.state.active = True
-        return PairAttributor.row_maps(self, ctx, rows, out, grad_out, retain) * cam
+        return GradientAttributor.row_maps(self, ctx, rows, out, grad_out, retain) * cam

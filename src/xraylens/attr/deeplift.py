@@ -26,7 +26,7 @@ import warnings
 import torch
 
 from xraylens.attr import _baselines, configs
-from xraylens.attr._pairs import Context, PairAttributor, Rows
+from xraylens.attr._pairs import Context, GradientAttributor, Rows
 
 #: relative completeness error above which a result warns, by the model's dtype
 TOLERANCE = {torch.float64: 1e-6}
@@ -64,7 +64,7 @@ def check_completeness(values, delta, plan, clf, name: str) -> torch.Tensor:
     return rel
 
 
-class DeepLift(PairAttributor):
+class DeepLift(GradientAttributor):
     """DeepLIFT (rescale rule; exact max-pool rule)."""
 
     name = "deeplift"

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 
 from xraylens.attr import configs
-from xraylens.attr._pairs import Context, PairAttributor, Rows
+from xraylens.attr._pairs import Context, GradientAttributor, Rows
 
 
-class _UnitRows(PairAttributor):
+class _UnitRows(GradientAttributor):
     """One row per unit: the unit itself."""
 
     def make_rows(self, ctx: Context, start: int, stop: int) -> Rows:

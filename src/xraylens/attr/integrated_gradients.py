@@ -17,11 +17,11 @@ import torch
 from captum.attr._utils.approximation_methods import approximation_parameters
 
 from xraylens.attr import _baselines, configs
-from xraylens.attr._pairs import Context, PairAttributor, Rows
+from xraylens.attr._pairs import Context, GradientAttributor, Rows
 from xraylens.attr.noise_tunnel import gaussian_noise
 
 
-class IntegratedGradients(PairAttributor):
+class IntegratedGradients(GradientAttributor):
     """Integrated gradients for every requested label, steps batched by the engine."""
 
     name = "integrated_gradients"
@@ -66,7 +66,7 @@ class IntegratedGradients(PairAttributor):
         return Rows(unit=unit, inputs=x0 + alpha * (xu - x0), scale=step * (xu - x0), ends=ends)
 
 
-class GradientShap(PairAttributor):
+class GradientShap(GradientAttributor):
     """GradientShap for every requested label (no noise tunnel: it samples noise itself)."""
 
     name = "gradient_shap"

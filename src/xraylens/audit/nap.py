@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from xraylens.errors import InputError
+from xraylens.evaluate.activation import energy_share
 
 
 def nap_outside_lungs(nap: Any, lungs: Any, groups=None) -> list[dict[str, Any]]:
@@ -14,8 +15,6 @@ def nap_outside_lungs(nap: Any, lungs: Any, groups=None) -> list[dict[str, Any]]
     mask [H, W] at input resolution, e.g. the union or majority of the images' lung masks,
     resampled to each layer's grid by area), its area share and their ratio. Rows: layer,
     group, share, area, ratio. Layers without a spatial grid are skipped."""
-    from xraylens.demo.metrics import energy_concentration
-
     mask = np.asarray(lungs) > 0
     if mask.ndim != 2 or not mask.any():
         raise InputError("nap_outside_lungs: lungs must be a non-empty bool mask [H, W]")
@@ -25,7 +24,7 @@ def nap_outside_lungs(nap: Any, lungs: Any, groups=None) -> list[dict[str, Any]]
         if len(nap.shape(layer)) != 3:
             continue
         for group in groups or nap.groups:
-            e = energy_concentration(nap.nap[layer][group], outside)
+            e = energy_share(nap.nap[layer][group], outside)
             rows.append(
                 {
                     "layer": layer,
