@@ -19,27 +19,12 @@ import attrs
 import torch
 
 from xraylens.attr import _surrogate, features
+from xraylens.attr.configs import _in, _positive_int
 from xraylens.attr.features import FeatureConfig
 from xraylens.attr.perturbation import Perturbation, PerturbationAttributor, check_baseline
 from xraylens.errors import InputError
 
 DISTANCES = ("cosine", "euclidean")
-
-
-def _in(options, name):
-    def check(_inst, _attr, value):
-        if value not in options:
-            raise InputError(f"{name} must be one of {list(options)}, got {value!r}")
-
-    return check
-
-
-def _positive_int(name):
-    def check(_inst, _attr, value):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a positive int, got {value!r}")
-
-    return check
 
 
 def _positive_float(name, zero_ok=False):
