@@ -13,21 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from xraylens.core.arrays import as_array
 from xraylens.errors import InputError
-
-
-def _array(value: Any, name: str) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().to("cpu", torch.float64).numpy()
-    try:
-        return np.array(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{name} must be a tensor or array, got {type(value).__name__}") from exc
 
 
 def area_fractions(mask: Any, shape: tuple[int, int]) -> np.ndarray:
     """Share of each cell of a ``shape`` grid covered by ``mask`` [H, W]: float64 [h, w]."""
-    m = torch.from_numpy((_array(mask, "mask") > 0).astype(np.float32))
+    m = torch.from_numpy((as_array(mask, "mask") > 0).astype(np.float32))
     if m.dim() != 2:
         raise InputError(f"mask must be [H, W], got {tuple(m.shape)}")
     return torch.nn.functional.adaptive_avg_pool2d(m[None, None], shape)[0, 0].double().numpy()
@@ -38,7 +30,7 @@ def energy_share(nap: Any, region: Any) -> dict[str, float]:
     the energy ``sum_c |NAP|`` inside the region (cells weighted by :func:`area_fractions`),
     ``chance`` (the region's area share), ``ratio`` and ``peak_inside`` (1.0 when the energy
     peak is in a cell the region touches). NaN share and ratio for a zero NAP or empty region."""
-    a = np.abs(_array(nap, "nap"))
+    a = np.abs(as_array(nap, "nap"))
     if a.ndim == 3:
         a = a.sum(axis=0)
     if a.ndim != 2:
@@ -61,8 +53,8 @@ def energy_share(nap: Any, region: Any) -> dict[str, float]:
 def roc_auc(scores: Any, labels: Any) -> float:
     """ROC AUC of ``scores`` [N] for 0/1 ``labels`` [N] (ties averaged); NaN when one class is
     absent."""
-    s = torch.from_numpy(_array(scores, "scores").ravel())
-    y = torch.from_numpy(_array(labels, "labels").ravel() > 0.5)
+    s = torch.from_numpy(as_array(scores, "scores").ravel())
+    y = torch.from_numpy(as_array(labels, "labels").ravel() > 0.5)
     if s.shape != y.shape:
         raise InputError(f"scores ({s.numel()}) and labels ({y.numel()}) differ in length")
     n_pos, n_neg = int(y.sum()), int((~y).sum())

@@ -41,13 +41,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from xraylens.core.arrays import as_array
 from xraylens.errors import InputError
 
 SIGNS = ("positive", "absolute", "negative", "signed", "all")
@@ -74,16 +74,6 @@ DEFAULTS = {
 def is_signed(sign: str) -> bool:
     """Whether ``sign`` shows both signs (diverging colormap, limits [-1, 1])."""
     return sign in ("signed", "all")
-
-
-def as_array(value: Any, name: str) -> np.ndarray:
-    """A float64 numpy copy of a tensor or array (detached, on the CPU)."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().to("cpu", torch.float64).numpy()
-    try:
-        return np.array(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{name} must be a tensor or array, got {type(value).__name__}") from exc
 
 
 def to_image(image: Any, name: str = "image") -> np.ndarray:
