@@ -332,7 +332,8 @@ def _curves(run: Run, prep, fold: int, items: list):
     if path.is_file() and not run.force:
         return CurveTable.read(path), "reused"
     models = {b: load_model(run, b, fold) for b in run.profile.backbones}
-    models["ensemble"] = load_ensemble(run, fold, models)
+    if len(models) > 1:  # with one backbone the ensemble is that model: its curves are the same
+        models["ensemble"] = load_ensemble(run, fold, models)
     table = CurveTable()
     for it in items[:MAX_CURVES]:
         x = torch.as_tensor(it.image)[None, None].to(run.dist.device)
@@ -452,7 +453,9 @@ def html_document(run: Run):
                 f"Curves of the first {min(len(items), MAX_CURVES)} images shown, {how} by the "
                 f"report step in {time.perf_counter() - t0:.1f} s (report/curves_fold{fold}.csv, "
                 "black substrate, the explained output); the recipe runs no randomisation "
-                "check, so no randomisation curve."))  # fmt: skip
+                "check, so no randomisation curve."
+                + (" One backbone: the ensemble is that model, its curves are the same."
+                   if len(p.backbones) == 1 else "")))  # fmt: skip
         doc.sections += sections
     naps = Section("Neuron Activation Profiles")
     for backbone in [*p.backbones, "ensemble"]:

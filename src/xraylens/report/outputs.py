@@ -89,7 +89,7 @@ def typical_lungs(masks: Sequence[Any]) -> np.ndarray:
     return stack.mean(0) >= 0.5
 
 
-def _nap_section(folder: Path, masks: Path | None):
+def _nap_section(folder: Path, masks: Path | None, k: int = 0):
     """A profile output's NAP section, with the NAP energy outside the lungs (the majority
     mask of every mask in ``masks`` at the profile's size) when masks are given."""
     import xraylens as xl
@@ -100,12 +100,18 @@ def _nap_section(folder: Path, masks: Path | None):
     if not npz.is_file():
         raise InputError(f"{folder}: no nap.npz (not an xraylens profile output)")
     nap = NAPResult.load(npz)
-    s = rs.nap_section(nap, title=f"NAPs: {npz.parent.name}")
+    where = npz.parent.name
+    title = f"NAPs: {nap.model} ({where})" if nap.model and nap.model != where else f"NAPs: {where}"
+    s = rs.nap_section(nap, title=title, name=f"nap_input_{k}")
     if masks is None:
         s.add(Paragraph("NAP energy outside the lungs: not computed (no lung masks; give "
                         "`--masks`)."))  # fmt: skip
         return s
-    size = nap.shape(nap.layers[0])[-1]
+    spatial = [layer for layer in nap.layers if len(nap.shape(layer)) == 3]
+    if not spatial:
+        s.add(Paragraph("NAP energy outside the lungs: no layer with a spatial grid."))
+        return s
+    size = nap.shape("input" if "input" in spatial else spatial[0])[-1]
     files = [f for f in sorted(masks.rglob("*")) if f.is_file()]
     lungs = []
     for f in files:
@@ -119,7 +125,7 @@ def _nap_section(folder: Path, masks: Path | None):
                         f"`{masks}`)."))  # fmt: skip
         return s
     rows = audit.nap_outside_lungs(nap, typical_lungs(lungs))
-    s.add(*rs.nap_outside_blocks(rows, f"nap_outside_{npz.parent.name}", caption=(
+    s.add(*rs.nap_outside_blocks(rows, f"nap_outside_{k}", caption=(
         f"NAP energy (sum over feature maps of |NAP|) outside the lungs, layer by layer: the "
         f"lungs are the majority of {len(lungs)} masks in `{masks}` (the profile does not "
         "record which images it read); ratio > 1: more energy outside than a uniform "
@@ -286,8 +292,8 @@ def build(
                     "`xraylens report` with `--predict` to add them)."
                 )
             )
-    for folder in profile:
-        doc.sections.append(_nap_section(Path(folder), masks))
+    for k, folder in enumerate(profile):
+        doc.sections.append(_nap_section(Path(folder), masks, k))
     if costs:
         doc.sections.append(rs.costs_section(costs))
     prov = provenance(

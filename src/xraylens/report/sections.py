@@ -335,6 +335,7 @@ def nap_section(
     region: np.ndarray | None = None,
     outside_lungs: Sequence[dict] = (),
     title: str = "Neuron Activation Profiles",
+    name: str = "nap_input",
 ) -> Section:
     """The input-layer NAPs, the inactive-feature-map share and, given, the NAP energy outside
     the lungs per layer and group."""
@@ -346,13 +347,10 @@ def nap_section(
             f"Groups and image counts: {', '.join(f'{g} ({n})' for g, n in nap.counts.items())}."
         )
     )
-    s.add(
-        Image.from_figure(
-            viz.plot_input_nap(nap), "nap_input", "mean image and NAP per group at the input"
-        )
-    )
+    fig = viz.plot_input_nap(nap, panel_size=2.0)  # small: noisy profiles compress badly
+    s.add(Image.from_figure(fig, name, "mean image and NAP per group at the input", dpi=72))
     if outside_lungs:
-        s.add(*nap_outside_blocks(outside_lungs, "nap_outside"))
+        s.add(*nap_outside_blocks(outside_lungs, f"{name}_outside"))
     return s
 
 
