@@ -371,6 +371,7 @@ def _nap_outside(run: Run, prep, backbone: str, fold: int):
     return nap_outside_blocks(
         rows,
         f"nap_outside_{backbone}_{fold}",
+        what=f"{backbone}, fold {fold}",
         caption=(
             f"{backbone}, fold {fold}: share of NAP energy (sum over feature maps of |NAP|) "
             f"outside the lungs, per layer and group; lungs: the majority of the masks of "

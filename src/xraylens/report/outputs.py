@@ -125,7 +125,8 @@ def _nap_section(folder: Path, masks: Path | None, k: int = 0):
                         f"`{masks}`)."))  # fmt: skip
         return s
     rows = audit.nap_outside_lungs(nap, typical_lungs(lungs))
-    s.add(*rs.nap_outside_blocks(rows, f"nap_outside_{k}", caption=(
+    what = title.removeprefix("NAPs: ")
+    s.add(*rs.nap_outside_blocks(rows, f"nap_outside_{k}", what=what, caption=(
         f"NAP energy (sum over feature maps of |NAP|) outside the lungs, layer by layer: the "
         f"lungs are the majority of {len(lungs)} masks in `{masks}` (the profile does not "
         "record which images it read); ratio > 1: more energy outside than a uniform "

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import numpy as np
 
 from xraylens.report.document import Bullets, Grid, Image, Panel, Paragraph, Section, Table
@@ -354,13 +355,17 @@ def nap_section(
     return s
 
 
-def nap_outside_blocks(rows: Sequence[dict], name: str, caption: str = "") -> list:
+def nap_outside_blocks(
+    rows: Sequence[dict], name: str, caption: str = "", *, what: str = ""
+) -> list:
     """[figure, table] of :func:`xraylens.audit.nap_outside_lungs` rows: the ratio per layer
-    drawn (:func:`~xraylens.report.figures.nap_outside_image`) and every number in a table."""
+    drawn (:func:`~xraylens.report.figures.nap_outside_image`, titled with ``what``, e.g. the
+    model) and every number in a folded table."""
     from xraylens.report.figures import nap_outside_image
 
-    title = "NAP energy outside the lungs, per layer"
-    return [nap_outside_image(rows, name, title=title), nap_outside_table(rows, caption)]
+    title = f"{what + ': ' if what else ''}NAP energy outside the lungs, per layer"
+    table = attrs.evolve(nap_outside_table(rows, caption), collapsed=True)
+    return [nap_outside_image(rows, name, title=title), table]
 
 
 def nap_outside_table(rows: Sequence[dict], caption: str = "") -> Table:
