@@ -1,10 +1,12 @@
 """Build time and size of a report of 5 models x 6 methods x 8 images from existing outputs.
 
 Writes synthetic ``xraylens explain`` outputs (8 PNG images with a burnt-in marker, 224 px,
-maps of two labels per image for 6 methods and 5 models) into a temporary folder, then times
-``xraylens.report.outputs.build`` + ``write_report`` (HTML and Markdown) against the baseline
-of merely loading every map file once (``Attribution.load``), in the same process, best of
-``--repeats``. Prints the ratio and the HTML size (acceptance: under 20 MB, seconds).
+maps of two labels per image for 6 methods and 5 models), an evaluate output with its
+``curves.csv`` (deletion and insertion, 11 points, and cascading randomisation, 8 layers, for
+every map), a profile output per model (``nap.npz``) and lung masks into a temporary folder,
+then times ``xraylens.report.outputs.build`` + ``write_report`` (HTML and Markdown) against the
+baseline of merely loading every map file once (``Attribution.load``), in the same process,
+best of ``--repeats``. Prints the ratio and the HTML size (acceptance: under 20 MB, seconds).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, write_results  # noqa: E402
 
 from xraylens.core.attribution import Attribution  # noqa: E402
+from xraylens.evaluate import Summary  # noqa: E402
+from xraylens.evaluate.results import CurveTable  # noqa: E402
+from xraylens.profile import NAPResult  # noqa: E402
 from xraylens.report import write_report  # noqa: E402
 from xraylens.report.outputs import build  # noqa: E402
 
@@ -66,6 +71,47 @@ def make_outputs(root: Path, n_images: int, size: int) -> list[Path]:
     return folders
 
 
+def make_evaluate_and_profiles(root: Path, n_images: int, size: int) -> tuple[Path, list[Path]]:
+    """An evaluate folder (summary.json with the curves' areas, curves.csv) and one profile
+    folder per model (a NAP of 3 groups at the input and two feature layers); masks/."""
+    rng = np.random.default_rng(1)
+    rows, summary = [], []
+    for model in MODELS:
+        for method in METHODS:
+            for label in ("COVID-19", "Pneumonia"):
+                for curve, xs in (("deletion", np.linspace(0, 1, 11)),
+                                  ("insertion", np.linspace(0, 1, 11)),
+                                  ("randomisation", np.arange(1.0, 9.0))):  # fmt: skip
+                    for i in range(n_images):
+                        ys = np.sort(rng.random(len(xs)))[:: -1 if curve != "insertion" else 1]
+                        key = dict(model=model, method=method, label=label, image_id=f"case{i}")
+                        rows += [key | dict(curve=curve, x=float(x), y=float(y))
+                                 for x, y in zip(xs, ys)]  # fmt: skip
+                    summary.append(dict(model=model, method=method, label=label, metric=curve,
+                                        mean=0.5, ci_low=0.4, ci_high=0.6, n=n_images))  # fmt: skip
+    ev = root / "evaluate"
+    ev.mkdir()
+    CurveTable(rows).to_csv(ev / "curves.csv")
+    Summary(summary, columns=list(summary[0])).to_json(ev / "summary.json")
+    (root / "masks").mkdir()
+    for i in range(n_images):
+        m = np.zeros((size, size), np.uint8)
+        m[size // 6 : -size // 8, size // 8 : -size // 8] = 255
+        Image.fromarray(m).save(root / "masks" / f"case{i}.png")
+    profiles = []
+    shapes = {"input": (1, size, size), "layer2": (128, 28, 28), "layer4": (512, 7, 7)}
+    for model in MODELS:
+        sums = {k: rng.random((3, *s)) for k, s in shapes.items()}
+        lo = {k: np.zeros(s[0]) for k, s in shapes.items()}
+        hi = {k: np.ones(s[0]) for k, s in shapes.items()}
+        nap = NAPResult(tuple(shapes), ("COVID-19", "Pneumonia", "No Finding"), sums,
+                        [3, 3, 2], 8, lo, hi, model=model)  # fmt: skip
+        (root / "naps" / model).mkdir(parents=True)
+        nap.save(root / "naps" / model / "nap.npz")
+        profiles.append(root / "naps" / model)
+    return ev, profiles
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=8)
@@ -77,13 +123,14 @@ def main() -> None:
         root = Path(tmp)
         folders = make_outputs(root, args.images, args.size)
         npz = sorted(root.rglob("*.npz"))
+        ev, profiles = make_evaluate_and_profiles(root, args.images, args.size)
 
         def load_all():
             for f in npz:
                 Attribution.load(f)
 
         def report():
-            doc = build(folders, title="benchmark")
+            doc = build(folders, [ev], profiles, masks=root / "masks", title="benchmark")
             return write_report(doc, root / "report")
 
         times = {"load maps (baseline)": [], "build + write report": []}
@@ -98,7 +145,8 @@ def main() -> None:
         md_mb = sum(p.stat().st_size for p in md_files) / 2**20
     ratio = best["build + write report"] / best["load maps (baseline)"]
     print(f"{len(MODELS)} models x {len(METHODS)} methods x {args.images} images "
-          f"({len(npz)} map files, {args.size} px), best of {args.repeats}:")  # fmt: skip
+          f"({len(npz)} map files, {args.size} px; curves and {len(MODELS)} NAP profiles), "
+          f"best of {args.repeats}:")  # fmt: skip
     for name, t in best.items():
         print(f"  {name:<24} {t:7.2f} s")
     print(f"  ratio report / load       {ratio:7.1f}")

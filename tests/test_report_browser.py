@@ -7,10 +7,16 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from report_sample import HOSTILE, document
+from test_report_curves import table as curve_table
+from test_report_naps import nap
 
-from xraylens.report import write_report
+from xraylens import audit
+from xraylens.report import Section, write_report
+from xraylens.report.curves import curves_section
+from xraylens.report.sections import nap_outside_blocks
 
 
 def _chromium() -> str | None:
@@ -26,6 +32,11 @@ def test_report_in_headless_chromium(tmp_path):
     if exe is None:
         pytest.skip("no Chromium executable (apt-get install chromium; .ci/run installs it)")
     doc, summary, flags = document()
+    doc.sections.append(curves_section(curve_table()))  # figures: curves, NAP energy outside
+    lungs = np.zeros((32, 32), bool)
+    lungs[6:28, 4:28] = True
+    rows = audit.nap_outside_lungs(nap(), lungs)
+    doc.sections.append(Section("NAP energy", nap_outside_blocks(rows, "nap_outside")))
     page_path = write_report(doc, tmp_path, formats=("html",))["html"]
     errors, requests = [], []
     with sync_api.sync_playwright() as p:

@@ -48,3 +48,39 @@ def test_report_html_holds_the_evaluate_numbers(tmp_path):
                                                         models.values()]  # fmt: skip
         assert "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" in page
     assert "Provenance" in page and "Results on the test splits" in page
+
+
+def test_report_html_holds_the_audit_panels_curves_and_nap_energy(tmp_path):
+    """The steps the report reads, on phantoms (lung masks of their own): the audit table and
+    flags, panels image x model x method with probabilities, the deletion / insertion curves
+    (the numbers of report/curves_fold0.csv) and the NAP energy outside the lungs (the audit's
+    own numbers)."""
+    from examples.covid_cxr import cli
+    from examples.covid_cxr.evaluate_maps import lung_masks
+    from examples.covid_cxr.prepare import load_prepared
+    from xraylens import audit
+    from xraylens.evaluate.results import CurveTable
+    from xraylens.profile import NAPResult
+    from xraylens.report.outputs import typical_lungs
+
+    out = tmp_path / "run"
+    steps = "prepare,train,explain,profile,report"
+    assert cli.main([steps, "--profile", "smoke", "--data", "phantoms", "--out", str(out),
+                     "--no-progress"]) == 0  # fmt: skip
+    page = (out / "report.html").read_text(encoding="utf-8")
+    for heading in ("Shortcut audit", "Deletion and insertion curves (fold 0)",
+                    "Per-image maps (fold 0)", "Neuron Activation Profiles"):  # fmt: skip
+        assert f"<h2>{heading}</h2>" in page, heading
+    assert "share lungs (x area)" in page and "reads markers" in page  # the rules, the table
+    assert "(truth: " in page and "for <strong>" in page  # panels: probability beside each map
+    curves = CurveTable.read(out / "report" / "curves_fold0.csv")
+    assert {r["curve"] for r in curves} == {"deletion", "insertion"}
+    for (_, _, _), (_, ys, _) in curves.mean().items():
+        for y in ys:
+            assert f'data-v="{y!r}">{y:.3f}</td>' in page  # the exact value, shown to 3
+    run = Run(profile=config.get_profile("smoke"), data="phantoms", out=out, progress=False)
+    prep = load_prepared(run)
+    ids = [prep.store.ids[i] for i in prep.part(0, "test")]
+    nap = NAPResult.load(run.nap_dir("resnet18", 0) / "nap.npz")
+    rows = audit.nap_outside_lungs(nap, typical_lungs(list(lung_masks(run, ids).values())))
+    assert rows and all(f'data-v="{float(r["ratio"])!r}">' in page for r in rows)

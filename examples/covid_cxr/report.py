@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from matplotlib.figure import Figure
 
 from examples.covid_cxr.context import Run
@@ -23,6 +24,8 @@ from xraylens.core.atomic import atomic_write_text
 
 STEPS = ("prepare", "train", "evaluate", "ensemble", "explain", "profile")
 MAX_FIGURES = 12  # explanation figures shown inline; the rest are linked from the index
+MAX_PANELS = 8  # images in report.html's panels
+MAX_CURVES = 4  # of those, images whose deletion / insertion curves the step computes
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -290,12 +293,126 @@ NOTES = """## How to read these numbers
 """
 
 
+def _explained(run: Run, prep, fold: int) -> list:
+    """The explained images of ``fold`` as :class:`~xraylens.report.maps.ExplainedImage`: the
+    saved maps of every model and method, the probabilities, the data's lung mask (or None)."""
+    from examples.covid_cxr.evaluate_maps import lung_masks
+    from xraylens.core.attribution import Attribution
+    from xraylens.report.maps import ExplainedImage
+
+    index = _load(run.explain_dir(fold) / "index.json")
+    pos = {image_id: k for k, image_id in enumerate(prep.store.ids)}
+    entries = [e for e in (index or {}).get("images", []) if e["id"] in pos]
+    masks = lung_masks(run, [e["id"] for e in entries])
+    items = []
+    for e in entries:
+        folder = run.explain_dir(fold) / e["folder"]
+        maps = {m: {f.stem: Attribution.load(f) for f in sorted((folder / m).glob("*.npz"))}
+                for m in e["models"]}  # fmt: skip
+        targets = {t for info in e["models"].values() for t in info["targets"]}
+        lung = masks.get(e["id"])
+        items.append(ExplainedImage(
+            e["id"], prep.store.batch([pos[e["id"]]])[0][0, 0].numpy(),
+            {m: v for m, v in maps.items() if v}, None if lung is None else lung.numpy(),
+            {m: info["probs"] for m, info in e["models"].items()},
+            next((t for t in e["truth"] if t in targets), None), tuple(e["truth"]),
+        ))  # fmt: skip
+    return [it for it in items if it.maps]
+
+
+def _curves(run: Run, prep, fold: int, items: list):
+    """Deletion and insertion curves of the shown images' maps under their models (saved in
+    ``report/curves_fold<k>.csv``, reused unless ``--force``)."""
+    from examples.covid_cxr.ensemble import load_ensemble
+    from examples.covid_cxr.inference import load_model
+    from xraylens.evaluate.results import CurveTable
+    from xraylens.report.curves import compute_curves
+
+    path = run.out / "report" / f"curves_fold{fold}.csv"
+    if path.is_file() and not run.force:
+        return CurveTable.read(path), "reused"
+    models = {b: load_model(run, b, fold) for b in run.profile.backbones}
+    if len(models) > 1:  # with one backbone the ensemble is that model: its curves are the same
+        models["ensemble"] = load_ensemble(run, fold, models)
+    table = CurveTable()
+    for it in items[:MAX_CURVES]:
+        x = torch.as_tensor(it.image)[None, None].to(run.dist.device)
+        for model, by_method in it.maps.items():
+            for method, res in by_method.items():
+                if model in models:
+                    table.extend(compute_curves(models[model], x, res, model=model, method=method,
+                                            image_ids=[it.image_id], steps=8))  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path)
+    return table, "computed"
+
+
+def _nap_outside(run: Run, prep, backbone: str, fold: int):
+    """The NAP energy outside the lungs of one profile output: a table, or a note."""
+    from examples.covid_cxr.evaluate_maps import lung_masks
+    from xraylens import audit
+    from xraylens.profile import NAPResult
+    from xraylens.report import Paragraph
+    from xraylens.report.outputs import typical_lungs
+    from xraylens.report.sections import nap_outside_blocks
+
+    ids = [prep.store.ids[i] for i in prep.part(fold, "test")]
+    masks = lung_masks(run, ids)
+    if not masks:
+        return [
+            Paragraph(
+                f"{backbone}, fold {fold}: none of the {len(ids)} profiled test "
+                "images has a lung mask; NAP energy outside the lungs not computed."
+            )
+        ]
+    rows = audit.nap_outside_lungs(
+        NAPResult.load(run.nap_dir(backbone, fold) / "nap.npz"), typical_lungs(list(masks.values()))
+    )
+    return nap_outside_blocks(
+        rows,
+        f"nap_outside_{backbone}_{fold}",
+        what=f"{backbone}, fold {fold}",
+        caption=(
+            f"{backbone}, fold {fold}: share of NAP energy (sum over feature maps of |NAP|) "
+            f"outside the lungs, per layer and group; lungs: the majority of the masks of "
+            f"{len(masks)} of the {len(ids)} profiled test images; ratio > 1: more outside than "
+            "a uniform profile"
+        ),
+    )
+
+
+def _explain_figures(run: Run, fold: int) -> list:
+    """The explain step's figures of ``fold`` with each model's top labels (a section)."""
+    from xraylens.report import Image, Paragraph, Section, Table
+
+    index = _load(run.explain_dir(fold) / "index.json")
+    if not index:
+        return []
+    sec = Section(f"Explanations (fold {fold})")
+    for entry in index["images"][:MAX_FIGURES]:
+        probs = [
+            [m, lab, float(v)]
+            for m, info in entry["models"].items()
+            for lab, v in sorted(info["probs"].items(), key=lambda kv: -kv[1])[:4]
+        ]
+        sec.add(Paragraph(f"`{entry['id']}`: truth {', '.join(entry['truth']) or 'none'}"))
+        sec.add(Table(["model", "label", "probability"], probs, caption="top labels"))
+        for fig in entry["figures"]:
+            path = run.explain_dir(fold) / entry["folder"] / fig
+            if path.is_file():
+                sec.add(Image.from_file(path, f"{entry['id']}: {fig}"))
+    return [sec]
+
+
 def html_document(run: Run):
     """The run as one :class:`xraylens.report.Document` (``report.html``: a single file with
     the figures embedded): settings and times, Table 2 and per-label F1 (the evaluate step's
     numbers, formatted as in ``report.md``), each explained image's figures with every label's
     probability per model, the NAP plots, provenance (weights SHA-256, versions, seeds)."""
+    from examples.covid_cxr.prepare import load_prepared
     from xraylens.report import Document, Image, Paragraph, Section, Table, provenance
+    from xraylens.report.curves import curves_section
+    from xraylens.report.maps import maps_sections
     from xraylens.report.sections import provenance_section
 
     p = run.profile
@@ -317,31 +434,39 @@ def html_document(run: Run):
             Table(header, rows, caption="the paper's Table 2 layout"),
             Table(["label", *models], per_label, caption="per-label F1 (test positives)"),
         ]))  # fmt: skip
+    prep = load_prepared(run) if (run.out / "dataset.json").is_file() else None
     for fold in p.explain_folds:
-        index = _load(run.explain_dir(fold) / "index.json")
-        if not index:
+        items = _explained(run, prep, fold) if prep is not None else []
+        lines, sections = maps_sections(items, max_panels=MAX_PANELS,
+                                        title=f"Per-image maps (fold {fold})")  # fmt: skip
+        if not sections:  # no prepared cache to read the images from: the explain figures
+            doc.sections += _explain_figures(run, fold)
             continue
-        sec = Section(f"Explanations (fold {fold})")
-        for entry in index["images"][:MAX_FIGURES]:
-            probs = [
-                [m, lab, float(v)]
-                for m, info in entry["models"].items()
-                for lab, v in sorted(info["probs"].items(), key=lambda kv: -kv[1])[:4]
-            ]
-            sec.add(Paragraph(f"`{entry['id']}`: truth {', '.join(entry['truth']) or 'none'}"))
-            sec.add(Table(["model", "label", "probability"], probs, caption="top labels"))
-            for fig in entry["figures"]:
-                path = run.explain_dir(fold) / entry["folder"] / fig
-                if path.is_file():
-                    sec.add(Image.from_file(path, f"{entry['id']}: {fig}"))
-        doc.sections.append(sec)
+        doc.summary = [*doc.summary, *(f"fold {fold}: {line}" for line in lines)]
+        sections[-1].add(Paragraph(f"Every label's figure (rows: models, columns: methods): "
+                                   f"report.md and explain/fold{fold}/."))  # fmt: skip
+        t0 = time.perf_counter()
+        curves, how = _curves(run, prep, fold, items)
+        if len(curves):
+            sections.insert(1, curves_section(curves, title=f"Deletion and insertion curves "
+                                              f"(fold {fold})"))  # fmt: skip
+            sections[1].add(Paragraph(
+                f"Curves of the first {min(len(items), MAX_CURVES)} images shown, {how} by the "
+                f"report step in {time.perf_counter() - t0:.1f} s (report/curves_fold{fold}.csv, "
+                "black substrate, the explained output); the recipe runs no randomisation "
+                "check, so no randomisation curve."
+                + (" One backbone: the ensemble is that model, its curves are the same."
+                   if len(p.backbones) == 1 else "")))  # fmt: skip
+        doc.sections += sections
     naps = Section("Neuron Activation Profiles")
-    for backbone in p.backbones:
+    for backbone in [*p.backbones, "ensemble"]:
         for fold in p.explain_folds:
             folder = run.nap_dir(backbone, fold)
             for name in ("input.png", "inactive.png"):
                 if (folder / name).is_file():
                     naps.add(Image.from_file(folder / name, f"{backbone}, fold {fold}: {name}"))
+            if prep is not None and (folder / "nap.npz").is_file():
+                naps.add(*_nap_outside(run, prep, backbone, fold))
     if naps.blocks:
         doc.sections.append(naps)
     notes = [Paragraph(" ".join(item.split())) for item in NOTES.split("\n- ")[1:]]

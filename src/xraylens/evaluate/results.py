@@ -28,6 +28,8 @@ from xraylens.errors import InputError
 COLUMNS: tuple[str, ...] = ("model", "method", "label", "image_id", "patient_id", "metric", "value")
 #: the statistics :meth:`Results.aggregate` adds to its ``by`` columns
 SUMMARY_STATS: tuple[str, ...] = ("mean", "ci_low", "ci_high", "n")
+#: the columns of a :class:`CurveTable` row (one point of one curve)
+CURVE_COLUMNS: tuple[str, ...] = ("model", "method", "label", "image_id", "curve", "x", "y")
 
 
 def _text(value: Any, column: str, optional: bool = False) -> str | None:
@@ -328,4 +330,79 @@ def _bootstrap(
     return mean, float(lo), float(hi)
 
 
-__all__ = ["COLUMNS", "SUMMARY_STATS", "Results", "Summary", "Table"]
+class CurveTable(Table):
+    """Curves in tidy form (``curves.csv``): one row per point, columns :data:`CURVE_COLUMNS`
+    ``model, method, label, image_id, curve, x, y``. ``curve``: ``deletion``, ``insertion``,
+    ``road`` (x: perturbed fraction, y: the label's score) or ``randomisation`` (x: layers
+    randomised, output side first; y: ``spearman_abs`` similarity to the original map)."""
+
+    columns = CURVE_COLUMNS
+
+    def __init__(self, rows: Iterable[Mapping[str, Any]] = ()):
+        super().__init__(rows)
+
+    def extend(self, other: CurveTable) -> None:
+        """Append the rows of ``other`` in place."""
+        self._rows.extend(other._rows)
+
+    @classmethod
+    def from_curves(cls, curves: Any, *, model: str, method: str, image_ids=None) -> CurveTable:
+        """Rows of a :class:`~xraylens.evaluate.Curves` (deletion / insertion / ROAD)."""
+        x = [float(f) for f in curves.fractions]
+        return cls._from(curves.scores, curves.labels, curves.mask, x, curves.mode, model,
+                         method, image_ids)  # fmt: skip
+
+    @classmethod
+    def from_randomisation(
+        cls, result: Any, *, model: str, image_ids=None, similarity: str = "spearman_abs"
+    ) -> CurveTable:
+        """Rows of a :class:`~xraylens.evaluate.RandomisationResult` (x = 1..K layers)."""
+        s = torch.as_tensor(result.similarity[similarity]).permute(1, 2, 0)  # [N, T, K]
+        x = [float(k + 1) for k in range(s.shape[-1])]
+        return cls._from(s, result.labels, result.mask, x, "randomisation", model,
+                         result.method, image_ids)  # fmt: skip
+
+    @classmethod
+    def _from(cls, scores, labels, mask, x, curve, model, method, image_ids) -> CurveTable:
+        v = torch.as_tensor(scores, dtype=torch.float64).tolist()  # [N, T, K]
+        keep = torch.as_tensor(mask).bool().tolist()
+        per_image = bool(labels) and not isinstance(labels[0], str)
+        ids = [str(i) for i in range(len(v))] if image_ids is None else list(map(str, image_ids))
+        rows = []
+        for i, per_label in enumerate(v):
+            names = labels[i] if per_image else labels
+            for j, ys in enumerate(per_label):
+                if keep[i][j]:
+                    rows += [dict(model=model, method=method, label=names[j], image_id=ids[i],
+                                  curve=curve, x=xk, y=yk) for xk, yk in zip(x, ys)]  # fmt: skip
+        return cls(rows)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> CurveTable:
+        """Read a file written by :meth:`to_csv` or :meth:`to_json`."""
+        columns, raw = cls._read_rows(path)
+        if raw and set(columns) != set(CURVE_COLUMNS):
+            raise InputError(f"{path}: columns {columns}, expected {list(CURVE_COLUMNS)}")
+        num = {"x", "y"}
+        return cls(
+            {c: (math.nan if r[c] in (None, "") else float(r[c])) if c in num else str(r[c])
+             for c in CURVE_COLUMNS} for r in raw
+        )  # fmt: skip
+
+    def mean(self) -> dict[tuple[str, str, str], tuple[list[float], list[float], int]]:
+        """(model, method, curve) -> (x, mean y over images and labels at each x, curves
+        averaged); NaN points are left out of their mean."""
+        acc: dict[tuple, dict[float, list[float]]] = {}
+        n: dict[tuple, set] = {}
+        for model, method, label, image, curve, x, y in self._rows:
+            key = (model, method, curve)
+            if math.isfinite(y):
+                acc.setdefault(key, {}).setdefault(x, []).append(y)
+            n.setdefault(key, set()).add((label, image))
+        return {
+            k: (sorted(v), [float(np.mean(v[x])) for x in sorted(v)], len(n[k]))
+            for k, v in acc.items()
+        }
+
+
+__all__ = ["COLUMNS", "CURVE_COLUMNS", "SUMMARY_STATS", "CurveTable", "Results", "Summary", "Table"]

@@ -85,4 +85,27 @@ def curves_image(
     ax.set_ylabel(ylabel)
     if len(curves) > 1:
         ax.legend(fontsize=7)
-    return Image.from_figure(fig, name, title)
+    return Image.from_figure(fig, name, title, dpi=100)
+
+
+def nap_outside_image(rows: Sequence[dict], name: str, *, title: str) -> Image:
+    """The NAP energy outside the lungs per layer (rows of
+    :func:`xraylens.audit.nap_outside_lungs`): its ratio to the area outside the lungs, a line
+    per group, input first; the dashed line at 1 is a uniform profile."""
+    from matplotlib.figure import Figure
+
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    fig = Figure(figsize=(0.75 * len(layers) + 2.4, 2.6), layout="constrained")
+    ax = fig.add_subplot()
+    for group in groups:
+        by = {r["layer"]: r["ratio"] for r in rows if r["group"] == group}
+        ax.plot(range(len(layers)), [by.get(x, float("nan")) for x in layers], marker="o",
+                ms=3, lw=1.5, label=group)  # fmt: skip
+    ax.axhline(1.0, ls="--", lw=1.2, color="0.3", label="uniform (x1)")
+    ax.set_xticks(range(len(layers)), layers, rotation=30, fontsize=8)
+    ax.set_ylabel("energy outside lungs / area", fontsize=9)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    return Image.from_figure(fig, name, title, dpi=100)

@@ -42,6 +42,7 @@ figure{margin:10px 0}
 figure img{max-width:100%;height:auto;border:1px solid #d5dce4;background:#fff}
 figcaption{font-size:12px;color:#56606b}
 table.grid td{text-align:center;font-size:12px}
+table.grid tbody th{max-width:220px;font-size:12px;overflow-wrap:anywhere}
 table.grid img{display:block;margin:0 auto 2px;image-rendering:pixelated;width:128px;height:128px}
 td.flagged,span.flagged{background:#fde2e2;color:#8a1414;font-weight:600}
 details{margin:8px 0}

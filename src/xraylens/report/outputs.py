@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 
 from xraylens.errors import InputError
+from xraylens.evaluate.results import CurveTable
 from xraylens.report import sections as rs
-from xraylens.report.document import Document, Paragraph
+from xraylens.report.curves import curves_section, missing_curves_note
+from xraylens.report.document import Document, Paragraph, Section
 from xraylens.report.provenance import provenance
 
 
@@ -79,6 +81,57 @@ def _mask_for(masks: Path | None, key: str, size: int):
         if f.is_file():
             return xl.data.preprocess_mask(xl.data.read_mask(f), size).numpy()
     return None
+
+
+def typical_lungs(masks: Sequence[Any]) -> np.ndarray:
+    """The majority mask of lung masks [H, W] (pixels inside the lungs of half or more)."""
+    stack = np.stack([np.asarray(m) > 0 for m in masks])
+    return stack.mean(0) >= 0.5
+
+
+def _nap_section(folder: Path, masks: Path | None, k: int = 0):
+    """A profile output's NAP section, with the NAP energy outside the lungs (the majority
+    mask of every mask in ``masks`` at the profile's size) when masks are given."""
+    import xraylens as xl
+    from xraylens import audit
+    from xraylens.profile import NAPResult
+
+    npz = folder / "nap.npz" if folder.is_dir() else folder
+    if not npz.is_file():
+        raise InputError(f"{folder}: no nap.npz (not an xraylens profile output)")
+    nap = NAPResult.load(npz)
+    where = npz.parent.name
+    title = f"NAPs: {nap.model} ({where})" if nap.model and nap.model != where else f"NAPs: {where}"
+    s = rs.nap_section(nap, title=title, name=f"nap_input_{k}")
+    if masks is None:
+        s.add(Paragraph("NAP energy outside the lungs: not computed (no lung masks; give "
+                        "`--masks`)."))  # fmt: skip
+        return s
+    spatial = [layer for layer in nap.layers if len(nap.shape(layer)) == 3]
+    if not spatial:
+        s.add(Paragraph("NAP energy outside the lungs: no layer with a spatial grid."))
+        return s
+    size = nap.shape("input" if "input" in spatial else spatial[0])[-1]
+    files = [f for f in sorted(masks.rglob("*")) if f.is_file()]
+    lungs = []
+    for f in files:
+        try:
+            lungs.append(xl.data.preprocess_mask(xl.data.read_mask(f), size).numpy())
+        except (InputError, OSError, ValueError):
+            continue  # not a mask file
+    lungs = [m for m in lungs if m.any()]
+    if not lungs:
+        s.add(Paragraph(f"NAP energy outside the lungs: not computed (no readable mask in "
+                        f"`{masks}`)."))  # fmt: skip
+        return s
+    rows = audit.nap_outside_lungs(nap, typical_lungs(lungs))
+    what = title.removeprefix("NAPs: ")
+    s.add(*rs.nap_outside_blocks(rows, f"nap_outside_{k}", what=what, caption=(
+        f"NAP energy (sum over feature maps of |NAP|) outside the lungs, layer by layer: the "
+        f"lungs are the majority of {len(lungs)} masks in `{masks}` (the profile does not "
+        "record which images it read); ratio > 1: more energy outside than a uniform "
+        "profile would put there")))  # fmt: skip
+    return s
 
 
 def _probabilities(summary: dict, images: list) -> list[dict[str, float]] | None:
@@ -186,8 +239,16 @@ def build(
                 shown = [images[k] for k in panel_keys if k in images]
                 probs[model] = _probabilities(summary, shown)
     aggregated = []
+    curves = CurveTable()
+    curve_notes = []
     for path in evaluate:
-        aggregated += read_evaluate(path)[1]
+        rows = read_evaluate(path)[1]
+        aggregated += rows
+        saved = Path(path) / "curves.csv" if Path(path).is_dir() else None
+        if saved is not None and saved.is_file():
+            curves.extend(CurveTable.read(saved))
+        elif (note := missing_curves_note(rows, str(path))) is not None:
+            curve_notes.append(note)
     a_summary = audit.summarise(audit_rows) if len(audit_rows) else []
     flags = audit.flag(a_summary)
     verdicts = audit.verdicts(a_summary, flags)
@@ -204,6 +265,11 @@ def build(
                 a_summary, flags, verdicts, audit.describe_thresholds(), lungs_known=lungs_known
             )
         )
+    if len(curves):
+        doc.sections.append(curves_section(curves))
+        doc.sections[-1].add(*curve_notes)
+    elif curve_notes:
+        doc.sections.append(Section("Faithfulness and randomisation curves", curve_notes))
     shown = [k for k in panel_keys if k in images]
     if shown and panel_maps:
         keep = [panel_keys.index(k) for k in shown]
@@ -227,13 +293,8 @@ def build(
                     "`xraylens report` with `--predict` to add them)."
                 )
             )
-    for folder in profile:
-        from xraylens.profile import NAPResult
-
-        npz = Path(folder) / "nap.npz" if Path(folder).is_dir() else Path(folder)
-        if not npz.is_file():
-            raise InputError(f"{folder}: no nap.npz (not an xraylens profile output)")
-        doc.sections.append(rs.nap_section(NAPResult.load(npz), title=f"NAPs: {Path(folder).name}"))
+    for k, folder in enumerate(profile):
+        doc.sections.append(_nap_section(Path(folder), masks, k))
     if costs:
         doc.sections.append(rs.costs_section(costs))
     prov = provenance(

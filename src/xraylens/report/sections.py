@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import numpy as np
 
 from xraylens.report.document import Bullets, Grid, Image, Panel, Paragraph, Section, Table
@@ -278,13 +279,17 @@ def panels_section(
     contours: Sequence[Any] | None = None,
     size: int = 128,
     title: str = "Per-image maps",
+    outline: str = "the regions of interest (lesions, markers)",
+    top: int = 5,
 ) -> Section:
     """Panels: one row per image and model, one column per method, the image itself first
     (with ``contours`` outlined and the model's probability of every label), then each
     method's map with the probability of the label it explains.
 
     ``maps[(model, method)][i]``: map [H, W] of image ``i`` (None: not computed);
-    ``probabilities[model][i]``: label -> probability; ``label_of[i]``: the label explained.
+    ``probabilities[model][i]``: label -> probability; ``label_of[i]``: the label explained;
+    ``outline``: what the contours are (the caption's words); ``top``: the most probable
+    labels listed under the image (the explained label always among them).
     """
     from xraylens.report.figures import overlay_image
 
@@ -299,7 +304,11 @@ def panels_section(
             probs = probs[i] if probs is not None else {}
             label = label_of[i] if label_of is not None else None
             ranked = sorted(probs.items(), key=lambda kv: -kv[1])
-            first = Panel(underlay, [f"P({lab}) {p:.2f}" for lab, p in ranked])
+            listed = ranked[:top] + [kv for kv in ranked[top:] if kv[0] == label]
+            more = [f"({len(ranked) - len(listed)} more labels below)"] if len(listed) < len(
+                ranked
+            ) else []  # fmt: skip
+            first = Panel(underlay, [f"P({lab}) {p:.2f}" for lab, p in listed] + more)
             panels = [first]
             for k, method in enumerate(methods):
                 m = maps.get((model, method), [None] * len(image_names))[i]
@@ -314,8 +323,8 @@ def panels_section(
         Grid(
             ["image", *methods],
             rows,
-            caption="positive attribution (inferno), each map on its own scale; cyan outline "
-            "on the image: the regions of interest (lesions, markers)",
+            caption="positive attribution (inferno), each map on its own scale"
+            + (f"; cyan outline on the image: {outline}" if contours is not None else ""),
         )
     )
     return s
@@ -327,6 +336,7 @@ def nap_section(
     region: np.ndarray | None = None,
     outside_lungs: Sequence[dict] = (),
     title: str = "Neuron Activation Profiles",
+    name: str = "nap_input",
 ) -> Section:
     """The input-layer NAPs, the inactive-feature-map share and, given, the NAP energy outside
     the lungs per layer and group."""
@@ -338,24 +348,36 @@ def nap_section(
             f"Groups and image counts: {', '.join(f'{g} ({n})' for g, n in nap.counts.items())}."
         )
     )
-    s.add(
-        Image.from_figure(
-            viz.plot_input_nap(nap), "nap_input", "mean image and NAP per group at the input"
-        )
-    )
+    fig = viz.plot_input_nap(nap, panel_size=2.0)  # small: noisy profiles compress badly
+    s.add(Image.from_figure(fig, name, "mean image and NAP per group at the input", dpi=72))
     if outside_lungs:
-        s.add(
-            Table(
-                ["layer", "group", "energy outside lungs", "area outside lungs", "ratio"],
-                [
-                    [r["layer"], r["group"], r["share"], r["area"], r["ratio"]]
-                    for r in outside_lungs
-                ],
-                caption="share of NAP energy (sum over feature maps of |NAP|) outside the lungs, "
-                "against the area outside them",
-            )
-        )
+        s.add(*nap_outside_blocks(outside_lungs, f"{name}_outside"))
     return s
+
+
+def nap_outside_blocks(
+    rows: Sequence[dict], name: str, caption: str = "", *, what: str = ""
+) -> list:
+    """[figure, table] of :func:`xraylens.audit.nap_outside_lungs` rows: the ratio per layer
+    drawn (:func:`~xraylens.report.figures.nap_outside_image`, titled with ``what``, e.g. the
+    model) and every number in a folded table."""
+    from xraylens.report.figures import nap_outside_image
+
+    title = f"{what + ': ' if what else ''}NAP energy outside the lungs, per layer"
+    table = attrs.evolve(nap_outside_table(rows, caption), collapsed=True)
+    return [nap_outside_image(rows, name, title=title), table]
+
+
+def nap_outside_table(rows: Sequence[dict], caption: str = "") -> Table:
+    """Rows of :func:`xraylens.audit.nap_outside_lungs` (layer, group, share, area, ratio)."""
+    return Table(
+        ["layer", "group", "energy outside lungs", "area outside lungs", "ratio"],
+        [[r["layer"], r["group"], r["share"], r["area"], r["ratio"]] for r in rows],
+        caption=caption
+        or "share of NAP energy (sum over feature maps of |NAP|) outside the lungs, against "
+        "the area outside them (ratio > 1: the profile lives more outside the lungs than a "
+        "uniform one would)",
+    )
 
 
 def costs_section(costs: Sequence[dict[str, Any]]) -> Section:
