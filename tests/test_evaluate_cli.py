@@ -84,3 +84,32 @@ def test_evaluate_with_the_datasets_lung_masks(shared_data, tmp_path):
     assert len(table) == 2 * 2
     assert all(r["patient_id"].startswith("covid-chestxray:") for r in table)
     assert all(0 <= r["value"] <= 1 for r in table)
+
+
+def test_curve_metrics_save_their_curves_and_the_report_draws_them(explained):
+    """deletion's curves land in curves.csv; their areas are the table's values; `xraylens
+    report` over the folder draws them (no 'only the areas were saved' note)."""
+    from xraylens.evaluate import CurveTable
+
+    out = explained / "ev_curves"
+    code = main(["evaluate", str(explained / "out"), "--masks", str(explained / "masks"),
+                 "--metrics", "deletion,region_share", "-p", "deletion.steps=4", "--n-boot",
+                 "20", "--out", str(out), "-q"])  # fmt: skip
+    assert code == 0
+    curves = CurveTable.read(out / "curves.csv")
+    # 3 images x 2 labels x 5 points (0, 1/4, ..., 1) of deletion; region_share has no curve
+    assert len(curves) == 3 * 2 * 5
+    assert {r["curve"] for r in curves} == {"deletion"}
+    table = Results.read(out / "results.csv")
+    for row in table.filter(metric="deletion"):
+        key = (row["image_id"], row["label"])
+        pts = sorted((r["x"], r["y"]) for r in curves if (r["image_id"], r["label"]) == key)
+        xs, ys = np.array(pts).T
+        assert row["value"] == pytest.approx(np.trapezoid(ys, xs) / (xs[-1] - xs[0]), rel=1e-9)
+    page_dir = explained / "rep_curves"
+    code = main(["report", "--explain", str(explained / "out"), "--evaluate", str(out),
+                 "--out", str(page_dir), "-q"])  # fmt: skip
+    assert code == 0
+    page = next(page_dir.glob("*.html")).read_text()
+    assert "Faithfulness and randomisation curves" in page
+    assert "curves themselves were not saved" not in page

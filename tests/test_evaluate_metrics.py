@@ -45,6 +45,29 @@ def test_every_metric_scores_every_filled_slot(case, name):
 
 
 @pytest.mark.parametrize("name", xl.list_metrics())
+def test_asking_for_curves_changes_no_value(case, name):
+    """results(curves=...) scores as results() does; metrics with curves add them (one row per
+    point of each filled slot), and the curve's reduction is the value."""
+    from xraylens.evaluate import CurveTable
+
+    metric = xl.get_metric(name)
+    inputs = {"region": case["region"], "model": case["clf"], "x": case["x"],
+              "method": case["method"]}  # fmt: skip
+    got = {k: v for k, v in inputs.items() if k in metric.needs}
+    plain = metric.results(case["res"], image_ids=["a", "b"], **got)
+    curves = CurveTable()
+    traced = metric.results(case["res"], image_ids=["a", "b"], curves=curves, **got)
+    assert [r["value"] for r in traced] == pytest.approx([r["value"] for r in plain], nan_ok=True)
+    values, trace = metric.curves(case["res"], **got)
+    if trace is None:
+        assert len(curves) == 0
+        return
+    assert len(curves) > 0 and len(curves) % 3 == 0  # 3 filled slots, same points each
+    assert {r["image_id"] for r in curves} == {"a", "b"}
+    torch.testing.assert_close(values, metric.compute(case["res"], **got), equal_nan=True)
+
+
+@pytest.mark.parametrize("name", xl.list_metrics())
 def test_every_metric_names_what_it_needs(case, name):
     metric = xl.get_metric(name)
     for need in metric.needs:

@@ -11,8 +11,10 @@ Metrics (``--metrics``, default the localisation and complexity ones; see ``xray
 ``randomisation``) rebuild them from ``summary.json`` (``--weights`` overrides).
 
 Outputs in OUT (default EXPLAIN_OUT/evaluation): ``results.csv`` / ``results.json`` (one row
-per image x label x metric) and ``summary.csv`` / ``summary.json`` (mean and bootstrap CI per
-model, method, label and metric, resampling patients when known). Images without a mask are
+per image x label x metric), ``summary.csv`` / ``summary.json`` (mean and bootstrap CI per
+model, method, label and metric, resampling patients when known) and, for curve metrics,
+``curves.csv`` (every point of every deletion / insertion / ROAD / randomisation curve, which
+``xraylens report`` draws). Images without a mask are
 counted and skipped by the metrics that need one.
 """
 
@@ -176,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
     import xraylens as xl
     from xraylens.errors import InputError, XraylensError
-    from xraylens.evaluate import Results
+    from xraylens.evaluate import CurveTable, Results
 
     if (args.masks is None) == (args.data is None):
         raise UsageError("give one of --masks FOLDER or --data ROOT")
@@ -199,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
                               quiet=args.quiet)  # fmt: skip
     started = time.perf_counter()
     table = Results()
+    curves = CurveTable()
     no_mask: set[str] = set()
     failed: dict[str, str] = {}
     regions: dict[str, Any] = {}
@@ -227,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
                         k: v for k, v in {**extra, "region": region}.items() if k in metric.needs
                     }
                     table.extend(metric.results(res, image_ids=[key], patient_ids=[patient],
-                                                model_name=res.model or "", **got))  # fmt: skip
+                                                model_name=res.model or "", curves=curves,
+                                                **got))  # fmt: skip
             except (XraylensError, InputError, OSError, KeyError) as exc:
                 failed[f"{key}/{method_name}"] = str(exc)
     finally:
@@ -243,6 +247,8 @@ def run(args: argparse.Namespace) -> int:
     table.to_json(out / "results.json")
     agg.to_csv(out / "summary.csv")
     agg.to_json(out / "summary.json")
+    if len(curves):
+        curves.to_csv(out / "curves.csv")
     elapsed = time.perf_counter() - started
     say(f"evaluate: {len(table)} rows from {len({k for k, _, _ in files})} images, "
         f"{len(no_mask)} without a mask, {len(failed)} failed in {elapsed:.1f} s; outputs in "

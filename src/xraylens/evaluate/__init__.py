@@ -33,10 +33,18 @@ from xraylens.evaluate.localisation import (
 )
 from xraylens.evaluate.metric import Metric
 from xraylens.evaluate.randomisation import RandomisationResult, randomisation_check
-from xraylens.evaluate.results import COLUMNS, SUMMARY_STATS, Results, Summary, Table
+from xraylens.evaluate.results import (
+    COLUMNS,
+    SUMMARY_STATS,
+    CurveTable,
+    Results,
+    Summary,
+    Table,
+)
 
 __all__ = [
     "COLUMNS",
+    "CurveTable",
     "Curves",
     "SUMMARY_STATS",
     "Metric",

@@ -62,13 +62,19 @@ class Metric(abc.ABC):
         ``x`` [N, C, H, W]; ``method`` (an Attributor); ``engine`` (an Engine). Only those in
         :attr:`needs` are required; others are ignored.
         """
+        self._check(inputs)
+        return self._masked(attribution, self.score(attribution, **inputs))
+
+    def _check(self, inputs: dict[str, Any]) -> None:
         unknown = sorted(set(inputs) - {*NEEDS, "engine"})
         if unknown:
             raise InputError(f"metric {self.name!r}: unknown inputs {unknown}")
         missing = sorted(n for n in self.needs if inputs.get(n) is None)
         if missing:
             raise InputError(f"metric {self.name!r} needs {missing}")
-        out = self.score(attribution, **inputs)
+
+    @staticmethod
+    def _masked(attribution: Any, out: torch.Tensor) -> torch.Tensor:
         mask = getattr(attribution, "mask", None)
         if mask is not None:
             out = torch.where(mask.to(torch.bool), out, torch.nan)
@@ -77,6 +83,24 @@ class Metric(abc.ABC):
     @abc.abstractmethod
     def score(self, attribution: Any, **inputs: Any) -> torch.Tensor:
         """The metric's values [N, T] for the maps of ``attribution``."""
+
+    def curves(self, attribution: Any, **inputs: Any) -> tuple[torch.Tensor, Any]:
+        """The values [N, T] of :meth:`compute` and the curves behind them (a
+        :class:`~xraylens.evaluate.Curves` or
+        :class:`~xraylens.evaluate.RandomisationResult`), or None for a metric without
+        curves. Metrics with curves override :meth:`trace` and :meth:`reduce`."""
+        self._check(inputs)
+        trace = self.trace(attribution, **inputs)
+        out = self.score(attribution, **inputs) if trace is None else self.reduce(trace)
+        return self._masked(attribution, out), trace
+
+    def trace(self, attribution: Any, **inputs: Any) -> Any:
+        """The full curves of a curve metric (None: this metric has none)."""
+        return None
+
+    def reduce(self, trace: Any) -> torch.Tensor:
+        """The values [N, T] of a :meth:`trace`."""
+        raise NotImplementedError(f"metric {self.name!r} has no curves")
 
     def results(
         self,
@@ -87,20 +111,30 @@ class Metric(abc.ABC):
         patient_ids: Sequence[Any] | None = None,
         model_name: str | None = None,
         method_name: str | None = None,
+        curves: Any = None,
         **inputs: Any,
     ):
         """:meth:`compute` as a tidy :class:`~xraylens.evaluate.Results` table (metric column:
-        :attr:`name`)."""
-        from xraylens.evaluate.results import Results
+        :attr:`name`). ``curves``: a :class:`~xraylens.evaluate.CurveTable` that gets this
+        metric's curves (deletion, insertion, ROAD, randomisation) from the same run."""
+        from xraylens.evaluate.results import CurveTable, Results
 
-        values = self.compute(attribution, **inputs)
+        model = model_name if model_name is not None else getattr(attribution, "model", "")
+        method = method_name if method_name is not None else getattr(attribution, "method", "")
+        if curves is None:
+            values = self.compute(attribution, **inputs)
+        else:
+            values, trace = self.curves(attribution, **inputs)
+            if trace is not None:
+                curves.extend(CurveTable.of(trace, model=model or "", method=method or "",
+                                            image_ids=image_ids))  # fmt: skip
         return Results.from_scores(
             values,
             metric=self.name,
             labels=labels if labels is not None else attribution.labels,
             image_ids=image_ids,
             patient_ids=patient_ids,
-            model=model_name if model_name is not None else getattr(attribution, "model", ""),
-            method=method_name if method_name is not None else getattr(attribution, "method", ""),
+            model=model,
+            method=method,
             mask=getattr(attribution, "mask", None),
         )

@@ -124,11 +124,16 @@ class _Curve(Metric):
     needs = frozenset({"model", "x"})
     mode = ""
 
-    def score(self, attribution, *, model=None, x=None, engine=None, **_):
-        curves = perturbation_curves(
+    def score(self, attribution, **inputs):
+        return self.reduce(self.trace(attribution, **inputs))
+
+    def trace(self, attribution, *, model=None, x=None, engine=None, **_):
+        return perturbation_curves(
             model, x, attribution, mode=self.mode, engine=engine, **self.params
         )
-        return curves.auc()
+
+    def reduce(self, trace):
+        return trace.auc()
 
 
 class Deletion(_Curve):
@@ -176,7 +181,10 @@ class Randomisation(Metric):
     higher_is_better = False
     Config = RandomisationConfig
 
-    def score(self, attribution, *, model=None, x=None, method=None, **_):
+    def score(self, attribution, **inputs):
+        return self.reduce(self.trace(attribution, **inputs))
+
+    def trace(self, attribution, *, model=None, x=None, method=None, **_):
         p = self.config
         sims = ("spearman_abs",) + ((p.similarity,) if p.similarity != "spearman_abs" else ())
         if p.similarity not in SIMILARITIES:
@@ -185,10 +193,13 @@ class Randomisation(Metric):
             raise InputError(f"similarity must be one of {SIMILARITIES}, got {p.similarity!r}")
         targets = _targets(attribution)
         output = p.output or getattr(attribution, "output", "logits")
-        r = randomisation_check(model, x, method, targets=targets, mode=p.mode, layers=p.layers,
-                                similarities=sims, output=output, seed=p.seed)  # fmt: skip
-        s = r.similarity[p.similarity]
-        return s[-1] if p.mode == "cascading" else s.min(dim=0).values
+        return randomisation_check(model, x, method, targets=targets, mode=p.mode,
+                                   layers=p.layers, similarities=sims, output=output,
+                                   seed=p.seed)  # fmt: skip
+
+    def reduce(self, trace):
+        s = trace.similarity[self.config.similarity]
+        return s[-1] if self.config.mode == "cascading" else s.min(dim=0).values
 
 
 def _targets(attribution):

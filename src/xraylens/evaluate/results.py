@@ -346,6 +346,14 @@ class CurveTable(Table):
         self._rows.extend(other._rows)
 
     @classmethod
+    def of(cls, trace: Any, *, model: str, method: str, image_ids=None) -> CurveTable:
+        """Rows of a :class:`~xraylens.evaluate.Curves` or a
+        :class:`~xraylens.evaluate.RandomisationResult` (its method is its own)."""
+        if hasattr(trace, "fractions"):
+            return cls.from_curves(trace, model=model, method=method, image_ids=image_ids)
+        return cls.from_randomisation(trace, model=model, image_ids=image_ids)
+
+    @classmethod
     def from_curves(cls, curves: Any, *, model: str, method: str, image_ids=None) -> CurveTable:
         """Rows of a :class:`~xraylens.evaluate.Curves` (deletion / insertion / ROAD)."""
         x = [float(f) for f in curves.fractions]
