@@ -43,6 +43,14 @@ def _per_map(s: torch.Tensor, t: int) -> torch.Tensor:
     return s[:, None].expand(-1, t, -1, -1) if s.dim() == 3 else s
 
 
+def _each_map(a: torch.Tensor, s: torch.Tensor):
+    """(image, slot, that map's region [H, W]) for every map."""
+    full = _per_map(s, a.shape[1])
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            yield i, j, full[i, j]
+
+
 CASES = [(k, pm) for k in ("continuous", "quantised", "mixed") for pm in (False, True)]
 
 
@@ -52,31 +60,27 @@ def test_pixel_auroc_equals_sklearn(kind, per_map):
 
     a, s = _maps(kind), _regions(per_map)
     ours = ev.pixel_auroc(a, s)
-    full = _per_map(s, a.shape[1])
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            y = full[i, j].flatten().numpy()
-            if y.all() or not y.any():
-                assert ours[i, j].isnan()
-                continue
-            ref = roc_auc_score(y, a[i, j].flatten().double().numpy())
-            assert ours[i, j].item() == pytest.approx(ref, abs=1e-15)
+    for i, j, m in _each_map(a, s):
+        y = m.flatten().numpy()
+        if y.all() or not y.any():
+            assert ours[i, j].isnan()
+            continue
+        ref = roc_auc_score(y, a[i, j].flatten().double().numpy())
+        assert ours[i, j].item() == pytest.approx(ref, abs=1e-15)
 
 
 @pytest.mark.parametrize("kind,per_map", CASES)
 def test_rank_accuracy_equals_a_plain_stable_argsort(kind, per_map):
     a, s = _maps(kind), _regions(per_map)
     ours = ev.rank_accuracy(a, s)
-    full = _per_map(s, a.shape[1])
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            m = full[i, j].flatten()
-            k = int(m.sum())
-            if k == 0:
-                assert ours[i, j].isnan()
-                continue
-            order = torch.argsort(a[i, j].flatten(), descending=True, stable=True)[:k]
-            assert ours[i, j].item() == m[order].double().mean().item()
+    for i, j, m in _each_map(a, s):
+        m = m.flatten()
+        k = int(m.sum())
+        if k == 0:
+            assert ours[i, j].isnan()
+            continue
+        order = torch.argsort(a[i, j].flatten(), descending=True, stable=True)[:k]
+        assert ours[i, j].item() == m[order].double().mean().item()
 
 
 @pytest.mark.parametrize("kind", ["continuous", "quantised", "mixed"])
@@ -99,21 +103,18 @@ def test_iou_and_binarise_equal_a_plain_loop(kind, per_map):
 
     a, s = _maps(kind), _regions(per_map)
     ours, binary = ev.iou(a, s), ev.binarise(a)
-    full = _per_map(s, a.shape[1])
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            x = a[i, j].double().numpy()
-            m = full[i, j].numpy()
-            if x.min() == x.max():
-                assert not binary[i, j].any() and ours[i, j].isnan()
-                continue
-            norm = (x - x.min()) / (x.max() - x.min())
-            b = norm > threshold_otsu(norm, nbins=256)
-            assert np.array_equal(binary[i, j].numpy(), b)
-            if not m.any():
-                assert ours[i, j].isnan()
-                continue
-            assert ours[i, j].item() == (b & m).sum() / (b | m).sum()
+    for i, j, m in _each_map(a, s):
+        x, m = a[i, j].double().numpy(), m.numpy()
+        if x.min() == x.max():
+            assert not binary[i, j].any() and ours[i, j].isnan()
+            continue
+        norm = (x - x.min()) / (x.max() - x.min())
+        b = norm > threshold_otsu(norm, nbins=256)
+        assert np.array_equal(binary[i, j].numpy(), b)
+        if not m.any():
+            assert ours[i, j].isnan()
+            continue
+        assert ours[i, j].item() == (b & m).sum() / (b | m).sum()
     fixed = ev.iou(a, s, threshold=0.25)
     assert torch.equal(fixed.isnan(), ours.isnan())
 
@@ -125,20 +126,19 @@ def test_share_pointing_equal_plain_loops(kind, per_map):
     hit, hit2 = ev.pointing_game(a, s), ev.pointing_game(a, s, tolerance=2)
     full = _per_map(s, a.shape[1])
     grown = torch.nn.functional.max_pool2d(full.float(), 5, stride=1, padding=2) > 0
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            x, m = a[i, j].double(), full[i, j]
-            pos = x.clamp(min=0)
-            want = (pos[m].sum() / pos.sum()).item() if pos.sum() > 0 else float("nan")
-            assert share[i, j].item() == pytest.approx(want, rel=1e-13, nan_ok=True)
-            area = m.double().mean().item()
-            want_ratio = want / area if area > 0 else float("nan")
-            assert ratio[i, j].item() == pytest.approx(want_ratio, rel=1e-13, nan_ok=True)
-            for got, mm in ((hit[i, j], m), (hit2[i, j], grown[i, j])):
-                if x.min() == x.max() or not mm.any():
-                    assert got.isnan()
-                else:
-                    assert got.item() == float(bool(mm[x == x.max()].any()))
+    for i, j, m in _each_map(a, s):
+        x = a[i, j].double()
+        pos = x.clamp(min=0)
+        want = (pos[m].sum() / pos.sum()).item() if pos.sum() > 0 else float("nan")
+        assert share[i, j].item() == pytest.approx(want, rel=1e-13, nan_ok=True)
+        area = m.double().mean().item()
+        want_ratio = want / area if area > 0 else float("nan")
+        assert ratio[i, j].item() == pytest.approx(want_ratio, rel=1e-13, nan_ok=True)
+        for got, mm in ((hit[i, j], m), (hit2[i, j], grown[i, j])):
+            if x.min() == x.max() or not mm.any():
+                assert got.isnan()
+            else:
+                assert got.item() == float(bool(mm[x == x.max()].any()))
 
 
 def test_chunking_and_mask_layout_do_not_change_the_numbers(monkeypatch):
