@@ -10,6 +10,12 @@ per label; with ``--quantus-labels K < 14`` it runs K labels and its time is sca
 ROAD runs 2 of the 14 labels on the Quantus side by default (``--road-labels``): its sparse
 solve takes seconds per image and step at 224 px.
 
+Bare forwards: the same number of images as xraylens forwards for the curve (its own steps of
+every (image, label) pair, plus the unperturbed / fully deleted image once per image), random
+images through the same module under ``inference_mode`` in batches of xraylens' chunk size: the
+floor for any implementation that makes those forwards. ``xraylens / bare`` and
+``Quantus / bare`` say how far each side is above it.
+
 Localisation: region share, share ratio, pointing game, IoU (Otsu), rank accuracy, pixel AUROC
 of [500, 14, 224, 224] maps against one mask per image, xraylens only (seconds), next to the
 same measures from Quantus (PointingGame, RelevanceMassAccuracy, RelevanceRankAccuracy, AUC)
@@ -51,6 +57,24 @@ def quantus_curve(metric_cls, model, x, maps, labels, **kw):
     return out
 
 
+def forwards_of(curves, n_pixels: int) -> int:
+    """Images xraylens forwards for ``curves``: each pair's own steps, shared steps per image."""
+    counts = torch.round(curves.fractions * n_pixels).long()
+    shared = (counts == 0) | ((counts == n_pixels) & (curves.mode != "road"))
+    n_images, pairs = curves.mask.shape[0], int(curves.mask.sum())
+    return pairs * int((~shared).sum()) + n_images * int(shared.sum())
+
+
+def bare_forwards(module, n_images: int, batch: int, shape) -> float:
+    """Seconds to forward ``n_images`` random images in batches of ``batch`` (inference mode)."""
+    x = torch.rand(batch, *shape)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, n_images, batch):
+            module(x[: min(batch, n_images - i)])
+    return time.perf_counter() - start
+
+
 def faithfulness(args, rows):
     import quantus
 
@@ -73,7 +97,13 @@ def faithfulness(args, rows):
             continue
         q_labels = list(range(args.quantus_labels if name == "deletion" else args.road_labels))
         scale = 14 / len(q_labels)
-        t_ours, curves = _time(lambda kw=ours_kw: ev.perturbation_curves(clf, x, res, **kw))
+        engine = xl.Engine()
+        t_ours, curves = _time(
+            lambda kw=ours_kw, e=engine: ev.perturbation_curves(clf, x, res, engine=e, **kw)
+        )
+        n_fwd = forwards_of(curves, n_pix)
+        batch = engine.last_plan.chunk
+        t_bare = bare_forwards(module, n_fwd, batch, x.shape[1:])
         t_q, _ = _time(
             lambda c=q_cls, kw=q_kw, ql=q_labels: quantus_curve(c, module, x, maps, ql, **kw)
         )
@@ -82,6 +112,8 @@ def faithfulness(args, rows):
                     f"{curves.scores.shape[-1]} points",
             "xraylens_s": t_ours, "quantus_s": t_q * scale,
             "quantus_labels_run": len(q_labels), "speedup": t_q * scale / t_ours,
+            "bare_forwards_s": t_bare, "forwards": n_fwd, "batch": batch,
+            "xraylens_over_bare": t_ours / t_bare, "quantus_over_bare": t_q * scale / t_bare,
         })  # fmt: skip
         print(rows[-1], flush=True)
 
@@ -147,6 +179,7 @@ def main(argv=None) -> dict:
     if "localisation" not in args.skip:
         localisation(args, rows)
     cols = ["what", "xraylens_s", "quantus_s", "quantus_labels_run", "speedup"]
+    cols += ["bare_forwards_s", "forwards", "batch", "xraylens_over_bare", "quantus_over_bare"]
     print(markdown_table(rows, cols))
     payload = {"environment": env, "args": vars(args), "rows": rows}
     write_results("evaluate_cpu", payload)

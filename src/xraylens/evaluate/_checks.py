@@ -35,7 +35,9 @@ def as_maps(maps: Any, name: str = "maps", *, allow_nan: bool = False) -> torch.
     values = values.detach().cpu()
     if values.dtype != torch.float64:
         values = values.float()  # float32 storage; reductions accumulate in float64
-    if not allow_nan and not torch.isfinite(values).all():
+    # one float sum first (NaN and infinities make it non-finite); the element-wise check,
+    # which allocates a bool copy of every map, only when it is not (or overflowed)
+    if not allow_nan and not torch.isfinite(values.sum()) and not torch.isfinite(values).all():
         bad = (~torch.isfinite(values)).flatten(2).any(-1).nonzero()[0].tolist()
         raise InputError(
             f"{name} contains NaN or infinite values (first at image {bad[0]}, slot {bad[1]})"

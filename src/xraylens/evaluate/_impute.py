@@ -6,7 +6,8 @@ outside the image left out), plus Gaussian noise. Quantus solves it per image wi
 LU; here it is solved for a whole batch at once by conjugate gradients on the 3x3 stencil
 (the operator is symmetric positive definite on the removed pixels whenever every removed
 region touches a kept pixel), started from a push-pull fill, to a relative residual of
-``tol`` (1e-6: about 1e-5 from the exact solution, against ROAD's noise of 1e-2).
+``tol`` (1e-6: about 1e-5 from the exact solution, against ROAD's noise of 1e-2). Images are
+solved a few at a time, so that the solver's float64 arrays stay in the CPU's cache.
 """
 
 from __future__ import annotations
@@ -14,18 +15,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_DIAG, _DIRECT = 1.0 / 12, 1.0 / 6
+#: images per conjugate-gradient solve: about ten float64 arrays of this many images stay in
+#: the CPU's cache at 224 px (several times faster per iteration than a large batch)
+_SOLVE_BATCH = 2
 
 
 def _neighbours(z: torch.Tensor) -> torch.Tensor:
-    """Weighted sum of each pixel's 8 neighbours (zero outside the image), by shifted slices:
-    3x faster than a float64 conv2d on the CPU."""
-    h, w = z.shape[-2:]
-    p = F.pad(z, (1, 1, 1, 1))
-    direct = p[..., :h, 1 : w + 1] + p[..., 2:, 1 : w + 1] + p[..., 1 : h + 1, :w]
-    direct = direct + p[..., 1 : h + 1, 2:]
-    diag = p[..., :h, :w] + p[..., :h, 2:] + p[..., 2:, :w] + p[..., 2:, 2:]
-    return _DIRECT * direct + _DIAG * diag
+    """Weighted sum of each pixel's 8 neighbours (1/6 direct, 1/12 diagonal; zero outside the
+    image). The stencil is separable but for its centre: ([1, 2, 1] x [1, 2, 1] - 4 delta) / 12,
+    so two passes of shifted slices do it (faster than eight, and than a float64 conv2d)."""
+    v = 2 * z
+    v[..., 1:, :] += z[..., :-1, :]
+    v[..., :-1, :] += z[..., 1:, :]
+    u = 2 * v
+    u[..., :, 1:] += v[..., :, :-1]
+    u[..., :, :-1] += v[..., :, 1:]
+    return u.sub_(z, alpha=4).div_(12)
 
 
 def linear_imputation(
@@ -41,6 +46,16 @@ def linear_imputation(
     neighbours (float64 internally). A removed region with no kept neighbour at all (e.g. every
     pixel removed) has no defined solution and is filled with 0.
     """
+    if x.shape[0] > _SOLVE_BATCH:
+        parts = [
+            _solve(x[i : i + _SOLVE_BATCH], removed[i : i + _SOLVE_BATCH], tol, max_iter)
+            for i in range(0, x.shape[0], _SOLVE_BATCH)
+        ]
+        return torch.cat(parts)
+    return _solve(x, removed, tol, max_iter)
+
+
+def _solve(x: torch.Tensor, removed: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
     b, c, h, w = x.shape
     orig_dtype = x.dtype
     x = x.double()
