@@ -45,11 +45,22 @@ def _flat(maps: Any, region: Any, radius: int = 0) -> tuple[torch.Tensor, torch.
     return a.reshape(n, t, h * w), s.reshape(n, m, h * w)
 
 
-def _rows(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a, s) -> torch.Tensor:
-    """Apply ``fn(a [B, T, P], s [B, 1 or T, P] bool) -> [B, T]`` over chunks of images."""
+def _rows(
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], a, s, threads: bool = False
+) -> torch.Tensor:
+    """Apply ``fn(a [B, T, P], s [B, 1 or T, P] bool) -> [B, T]`` over chunks of images;
+    ``threads``: chunks spread over torch's thread count (for ``fn`` s whose work is numpy on
+    one core, which releases the GIL)."""
     n, t, p = a.shape
     step = max(1, _CHUNK_PIXELS // (t * p))  # images per chunk
-    return torch.cat([fn(a[i : i + step], s[i : i + step]) for i in range(0, n, step)])
+    starts = range(0, n, step)
+    workers = min(torch.get_num_threads(), len(starts)) if threads else 1
+    if workers <= 1:
+        return torch.cat([fn(a[i : i + step], s[i : i + step]) for i in starts])
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return torch.cat(list(pool.map(lambda i: fn(a[i : i + step], s[i : i + step]), starts)))
 
 
 def _count(b: torch.Tensor) -> torch.Tensor:
@@ -131,7 +142,7 @@ def rank_accuracy(maps: Any, region: Any) -> torch.Tensor:
     """Relevance rank accuracy (Arras et al. 2022): of the K highest-valued pixels, K the
     region's size, the fraction inside the region. float64 [N, T]; NaN for an empty region.
     Ties at the K-th value are broken by pixel order (Quantus: by numpy's argsort)."""
-    return _rows(_rank, *_flat(maps, region))
+    return _rows(_rank, *_flat(maps, region), threads=True)
 
 
 def _hit(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -259,30 +270,49 @@ def _twice_u(inside: np.ndarray, outside: np.ndarray) -> int:
     return twice
 
 
-def _auroc(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    # both classes sorted (two sorts of halves of the map instead of an argsort of all of it
-    # and a gather), counts by binary search in the sorted outside values: integers, exact
-    b, t, p = a.shape
-    out = torch.full((b, t), torch.nan, dtype=torch.float64)
-    an, sn = a.numpy(), s.numpy()
-    for i in range(b):
-        # with one mask per image its T maps are split and sorted together
-        groups = [(slice(None), sn[i, 0])] if s.shape[1] == 1 else list(enumerate(sn[i]))
-        for rows, m in groups:
-            k = int(np.count_nonzero(m))
-            if k in (0, p):
-                continue
-            inside = np.sort(an[i, rows][..., m], axis=-1).reshape(-1, k)
-            outside = np.sort(an[i, rows][..., ~m], axis=-1).reshape(-1, p - k)
-            twice = [_twice_u(u, v) for u, v in zip(inside, outside)]
-            out[i, rows] = torch.tensor(twice, dtype=torch.float64) / 2 / (k * (p - k))
+def _sort_keys(a: np.ndarray) -> np.ndarray:
+    """int32 keys [..., P] of float32 values ordered, and equal, exactly as the values are
+    (-0.0 made +0.0 first): numpy sorts int32 about 1.5x faster than float32."""
+    if a.dtype != np.float32:
+        return a
+    i = (a + np.float32(0.0)).view(np.int32)
+    return i ^ ((i >> 31) & np.int32(0x7FFFFFFF))
+
+
+def _auroc_image(a: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Twice the U statistics of one image's maps ``a`` [T, P] against masks ``s`` [1 or T, P]:
+    float64 [T] of AUROC values (NaN where a class is empty)."""
+    t, p = a.shape
+    out = np.full(t, np.nan)
+    keys = _sort_keys(a)
+    # with one mask per image its T maps are split and sorted together
+    groups = (
+        [(slice(None), s[0])] if s.shape[0] == 1 else [(slice(j, j + 1), s[j]) for j in range(t)]
+    )
+    for rows, m in groups:
+        k = int(np.count_nonzero(m))
+        if k in (0, p):
+            continue
+        inside = np.sort(keys[rows][..., m], axis=-1).reshape(-1, k)
+        outside = np.sort(keys[rows][..., ~m], axis=-1).reshape(-1, p - k)
+        twice = [_twice_u(u, v) for u, v in zip(inside, outside)]
+        out[rows] = np.asarray(twice, dtype=np.float64) / 2 / (k * (p - k))
     return out
 
 
 def pixel_auroc(maps: Any, region: Any) -> torch.Tensor:
     """Area under the ROC curve of pixel values as scores for region membership: float64
     [N, T] (0.5 chance, ties averaged); NaN when the region is empty or covers every pixel."""
-    return _rows(_auroc, *_flat(maps, region))
+    # both classes sorted (two sorts of halves of the map instead of an argsort of all of it
+    # and a gather), counts by binary search in the sorted outside values: integers, exact
+    a, s = _flat(maps, region)
+    return _rows(_auroc, a, s, threads=True)
+
+
+def _auroc(a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(
+        np.stack([_auroc_image(ai, si) for ai, si in zip(a.numpy(), s.numpy())])
+    )
 
 
 __all__ = [
