@@ -142,7 +142,7 @@ class Ensemble(Classifier):
     Attributes:
         members: the member classifiers; combine, weights (normalised) as given.
         member_cam_layers: ``"members.i.<cam_layer>"`` per member (None where it has none):
-            Grad-CAM explains one layer, so pass one of them as ``layer=``.
+            the CAM methods sum these (one layer per member) when ``layer=`` is None.
     """
 
     def __init__(
