@@ -307,12 +307,17 @@ def test_bad_members_and_options_are_refused():
     assert sub.metadata()["ensemble"]["members"][1]["labels"] == list(LABELS)
 
 
-def test_the_recipe_skips_cam_methods_without_a_layer_for_the_ensemble(monkeypatch):
+def test_the_recipe_explains_the_ensemble_with_cam_methods(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # the repository root
     from examples.covid_cxr.ensemble import explains
 
     ens, small = ensemble(), members()[2]
-    assert not explains(xl.get_attributor("grad_cam"), ens)
+    both = xl.Ensemble([members()[0], small])
+    assert not explains(xl.get_attributor("grad_cam"), ens)  # mobilenet_v2 has no cam_layer
+    assert explains(xl.get_attributor("grad_cam"), both)
+    assert explains(xl.get_attributor("grad_cam", layer=MEMBER_LAYERS), ens)
     assert explains(xl.get_attributor("grad_cam", layer="members.0.layer4"), ens)
+    assert not explains(xl.get_attributor("eigen_cam"), both)
+    assert explains(xl.get_attributor("eigen_cam", layer="members.0.layer4"), both)
     assert explains(xl.get_attributor("grad_cam"), small)
     assert explains(xl.get_attributor("saliency"), ens)

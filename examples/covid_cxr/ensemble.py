@@ -40,9 +40,19 @@ def load_ensemble(run: Run, fold: int, members: dict[str, xl.Classifier] | None 
 
 
 def explains(att: xl.Attributor, clf: xl.Classifier) -> bool:
-    """Whether ``att`` can explain ``clf`` as configured: a CAM method without ``layer=`` needs
-    the classifier's ``cam_layer``, which an ensemble has not (it would be one member's)."""
-    return getattr(att.config, "layer", "") is not None or clf.cam_layer is not None
+    """Whether ``att`` can explain ``clf`` as configured. A CAM method without ``layer=`` needs
+    the classifier's ``cam_layer``; for an ensemble, every member's (the CAM methods sum the
+    members' maps), and a method that cannot sum layers (EigenCAM, Ablation-CAM) needs one
+    member's layer as ``layer=``."""
+    layer = getattr(att.config, "layer", "")  # "": not a CAM method
+    if isinstance(layer, str):
+        return True
+    members = getattr(clf, "member_cam_layers", None)
+    if members is None:
+        return layer is not None or clf.cam_layer is not None
+    if getattr(att, "multi_layer", True) is not True:
+        return False
+    return layer is not None or all(members)
 
 
 def combine_fold(run: Run, fold: int) -> dict[str, np.ndarray]:

@@ -2,10 +2,10 @@
 
 For each fold of ``explain_folds``, a sample of ``explain_images`` test images balanced over
 the NAP groups (every test image when None) is explained by every backbone, and by their
-``ensemble`` (an :class:`xl.Ensemble`, mean of probabilities; CAM methods skip it: it has no
-single CAM layer), with every method of the profile. Each model explains, per image, the
-labels that are **true or predicted** by that model (probability above the threshold), as
-per-image targets; the explained output is the sigmoid probability
+``ensemble`` (an :class:`xl.Ensemble`, mean of probabilities; its CAM maps sum the members'
+CAM layers, see :class:`xl.attr.GradCam`), with every method of the profile. Each model
+explains, per image, the labels that are **true or predicted** by that model (probability
+above the threshold), as per-image targets; the explained output is the sigmoid probability
 (``explain_output="probs"``, as the paper) or the logit.
 
 Outputs in ``explain/fold<k>/<image>/``:
@@ -118,7 +118,7 @@ def explain_image(
         }
         pipeline.explain_images(
             clf,
-            {m: a for m, a in attributors.items() if explains(a, clf)},  # CAM: no ensemble layer
+            {m: a for m, a in attributors.items() if explains(a, clf)},  # EigenCAM: no ensemble map
             [pipeline.Item(key=f"{folder.name}/{backbone}", load=lambda: x[0], id=image_id)],
             folder.parent,
             targets=lambda _probs, _items, t=targets: [t],  # true or predicted, as above
