@@ -280,6 +280,27 @@ def test_naps_per_member_equal_the_members_own():
             assert abs(res.mean[f"members.{i}.{layer}"][g] - ref).max() <= 1e-12 * abs(ref).max()
 
 
+def test_the_recipe_assembles_the_ensembles_naps_from_its_members(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # the repository root
+    from examples.covid_cxr.profile import ensemble_result
+
+    ens, x = ensemble(), _x(4)
+    groups = torch.tensor([[1, 0], [0, 1], [1, 0], [0, 1]], dtype=torch.bool)
+    direct = xl.get_profiler("nap", groups=("g", "h"))
+    direct.update(ens, x, groups)
+    own = []
+    for clf in members():
+        prof = xl.get_profiler("nap", layers=["input", *clf.nap_layers], groups=("g", "h"))
+        prof.update(clf, x, groups)
+        own.append(prof.result())
+    got, want = ensemble_result(own), direct.result()
+    assert set(want.layers) <= set(got.layers)
+    for layer in want.layers:
+        for g in ("g", "h"):
+            ref = want.mean[layer][g]
+            assert abs(got.mean[layer][g] - ref).max() <= 1e-12 * max(abs(ref).max(), 1e-300)
+
+
 def test_bad_members_and_options_are_refused():
     res, mob, net = members()
     with pytest.raises(xl.InputError, match=r"classifiers\[1\] \(mobilenet_v2\) has no label"):

@@ -5,15 +5,19 @@
 - ``ensemble_vote``: a label is predicted when more than half of the models predict it (the
   majority voting of the paper's journal version), stored as the share of votes.
 
-Both read the test predictions written by ``evaluate`` (no model is run again).
-
-:func:`load_ensemble` builds the same ``ensemble`` as one :class:`xl.Ensemble` (``"mean_probs"``
-of the fold's backbones), so that ``explain`` explains it like any other model.
+Both read the test predictions written by ``evaluate`` (no model is run again). The step
+also writes ``models/ensemble/fold<k>/ensemble.json`` per fold, the manifest of the same
+``ensemble`` as one :class:`xl.Ensemble` (``"mean_probs"`` of the fold's backbones, their
+``best.pt`` by relative path and sha256; :meth:`xl.Ensemble.load`). :func:`load_ensemble`
+reads it (or builds the ensemble when it is not written yet), so that ``explain``,
+``evaluate-maps`` and ``profile`` treat the ensemble like any other model; the command line
+takes it too: ``xraylens explain --model ensemble --weights <manifest>``.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,9 +31,19 @@ from xraylens.errors import InputError
 ENSEMBLES = ("ensemble", "ensemble_vote")
 
 
+def manifest_path(run: Run, fold: int) -> Path:
+    """``models/ensemble/fold<k>/ensemble.json``: the fold's saved :class:`xl.Ensemble`."""
+    return run.model_dir("ensemble", fold) / "ensemble.json"
+
+
 def load_ensemble(run: Run, fold: int, members: dict[str, xl.Classifier] | None = None):
     """The fold's ``ensemble`` as an :class:`xl.Ensemble`: the mean of the backbones' sigmoid
-    outputs (``members``: backbone -> classifier already loaded; default: load them)."""
+    outputs. ``members``: backbone -> classifier already loaded (used as they are); else the
+    fold's manifest (:func:`manifest_path`) when the ``ensemble`` step wrote it, else the
+    backbones' ``best.pt``."""
+    path = manifest_path(run, fold)
+    if members is None and path.is_file():
+        return xl.Ensemble.load(path, device=run.dist.device)
     if members is None:
         from examples.covid_cxr.inference import load_model
 
@@ -37,6 +51,17 @@ def load_ensemble(run: Run, fold: int, members: dict[str, xl.Classifier] | None 
     return xl.Ensemble(
         [members[b] for b in run.profile.backbones], combine="mean_probs", name="ensemble"
     )
+
+
+def save_manifest(run: Run, fold: int) -> Path:
+    """Write the fold's ensemble manifest, referring to the backbones' ``best.pt`` (built from
+    them, never from an older manifest: a retrained backbone gets a new hash)."""
+    from examples.covid_cxr.inference import load_model
+
+    members = {b: load_model(run, b, fold) for b in run.profile.backbones}
+    files = [run.model_dir(b, fold) / "best.pt" for b in run.profile.backbones]
+    ens = load_ensemble(run, fold, members)
+    return ens.save(manifest_path(run, fold), member_weights=files)
 
 
 def explains(att: xl.Attributor, clf: xl.Classifier) -> bool:
@@ -85,6 +110,7 @@ def ensemble(run: Run) -> dict[str, Any]:
         labels = read_json(run.out / "dataset.json")["labels"]
         for fold in range(run.profile.folds):
             combined = combine_fold(run, fold)
+            save_manifest(run, fold)
             for name in ENSEMBLES:
                 save_predictions(
                     run.predictions(name, fold),
