@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from model_guard import SmallNet
@@ -80,3 +81,21 @@ def test_missing_changed_or_unknown_members_are_named(tmp_path):
     custom = xl.Classifier(SmallNet(1, 3), LABELS, min_input_size=8, name="mine")
     with pytest.raises(xl.InputError, match=r"member 1 \(mine\) is no registered classifier"):
         xl.Ensemble([_members()[0], custom]).save(tmp_path / "bad.json")
+
+
+def test_the_command_line_explains_a_saved_ensemble(tmp_path, capsys):
+    from PIL import Image
+
+    from xraylens.cli import main
+
+    path = _ensemble().save(tmp_path / "ens.json")
+    image = tmp_path / "a.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)).save(image)
+    out = tmp_path / "out"
+    argv = ["explain", str(image), "--weights", str(path), "--method", "saliency", "--size", "32"]
+    assert main([*argv, "--labels", "b", "--out", str(out)]) == 0
+    res = xl.Attribution.load(out / "a" / "saliency.npz")
+    assert res.labels == ("b",) and res.values.shape == (1, 1, 1, 32, 32)
+    (tmp_path / "ens.member0.pt").unlink()
+    assert main([*argv, "--out", str(tmp_path / "out2")]) != 0
+    assert "ens.member0.pt does not exist" in capsys.readouterr().err
