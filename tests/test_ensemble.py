@@ -340,5 +340,6 @@ def test_the_recipe_explains_the_ensemble_with_cam_methods(monkeypatch):
     assert explains(xl.get_attributor("grad_cam", layer="members.0.layer4"), ens)
     assert not explains(xl.get_attributor("eigen_cam"), both)
     assert explains(xl.get_attributor("eigen_cam", layer="members.0.layer4"), both)
+    assert not explains(xl.get_attributor("score_cam"), both)
     assert explains(xl.get_attributor("grad_cam"), small)
     assert explains(xl.get_attributor("saliency"), ens)

@@ -26,6 +26,7 @@ import xraylens as xl
 from examples.covid_cxr.context import Run
 from examples.covid_cxr.data import read_json, write_json
 from examples.covid_cxr.evaluate import load_predictions, save_predictions, score_model
+from xraylens.attr import GradCam
 from xraylens.errors import InputError
 
 ENSEMBLES = ("ensemble", "ensemble_vote")
@@ -67,16 +68,16 @@ def save_manifest(run: Run, fold: int) -> Path:
 def explains(att: xl.Attributor, clf: xl.Classifier) -> bool:
     """Whether ``att`` can explain ``clf`` as configured. A CAM method without ``layer=`` needs
     the classifier's ``cam_layer``; for an ensemble, every member's (the CAM methods sum the
-    members' maps), and a method that cannot sum layers (EigenCAM, Ablation-CAM) needs one
-    member's layer as ``layer=``."""
+    members' maps), and a method that cannot sum layers (EigenCAM, Ablation-CAM, Score-CAM)
+    needs one member's layer as ``layer=``."""
     layer = getattr(att.config, "layer", "")  # "": not a CAM method
     if isinstance(layer, str):
         return True
     members = getattr(clf, "member_cam_layers", None)
     if members is None:
         return layer is not None or clf.cam_layer is not None
-    if getattr(att, "multi_layer", True) is not True:
-        return False
+    if not isinstance(att, GradCam) or att.multi_layer is not True:
+        return False  # e.g. Score-CAM: one layer only
     return layer is not None or all(members)
 
 
