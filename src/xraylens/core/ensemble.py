@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -293,14 +294,16 @@ class Ensemble(Classifier):
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, device=None, check_hash: bool = True) -> Ensemble:
+    def load(
+        cls, path: str | os.PathLike, *, device=None, check_hash: bool = True, factory=None
+    ) -> Ensemble:
         """The ensemble a manifest from :meth:`save` describes: each member rebuilt through
         the registry (``xl.get_classifier(name, weights=file, **kwargs)``), its modules moved
         to ``device`` (default: where they are built) and put in eval mode. Errors name the
         manifest and the member: a missing or changed weights file (sha256; ``check_hash``)
-        is a :class:`~xraylens.WeightsError`, an unknown classifier an :class:`InputError`."""
-        import xraylens as xl
-
+        is a :class:`~xraylens.WeightsError`, an unknown classifier an :class:`InputError`.
+        ``factory(name, **kwargs) -> Classifier``: default the registry's ``xl.get_classifier``."""
+        factory = factory or _registry().get_classifier
         path = Path(path)
         try:
             manifest = json.loads(path.read_text())
@@ -320,9 +323,7 @@ class Ensemble(Classifier):
                     "(sha256 differs); save the ensemble again"
                 )
             try:
-                clf = xl.get_classifier(
-                    entry["classifier"], weights=file, **entry.get("kwargs", {})
-                )
+                clf = factory(entry["classifier"], weights=file, **(entry.get("kwargs") or {}))
             except UnknownPluginError as exc:
                 raise InputError(f"{where}: unknown classifier: {exc.args[0]}") from None
             if device is not None:
@@ -339,10 +340,15 @@ class Ensemble(Classifier):
         )
 
 
-def list_registered() -> list[str]:
-    import xraylens as xl  # the registry imports this module
+def _registry():
+    """The package root (``xl``: ``get_classifier``, ``list_classifiers``), bound late: the
+    registry sits above ``core`` (it loads the models), so ``core`` does not import it; the
+    root is always loaded when this runs (``xraylens.core.ensemble`` is imported through it)."""
+    return sys.modules["xraylens"]
 
-    return xl.list_classifiers()
+
+def list_registered() -> list[str]:
+    return _registry().list_classifiers()
 
 
 def _sha256(path: Path) -> str:
