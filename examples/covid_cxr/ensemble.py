@@ -61,8 +61,13 @@ def save_manifest(run: Run, fold: int) -> Path:
 
     members = {b: load_model(run, b, fold) for b in run.profile.backbones}
     files = [run.model_dir(b, fold) / "best.pt" for b in run.profile.backbones]
-    ens = load_ensemble(run, fold, members)
-    return ens.save(manifest_path(run, fold), member_weights=files)
+    path = manifest_path(run, fold)
+    new = load_ensemble(run, fold, members).save(path.with_name("ensemble.new.json"), files)
+    if path.is_file() and path.read_bytes() == new.read_bytes():
+        new.unlink()  # unchanged: a rerun leaves the manifest (and its mtime) alone
+    else:
+        new.replace(path)
+    return path
 
 
 def explains(att: xl.Attributor, clf: xl.Classifier) -> bool:

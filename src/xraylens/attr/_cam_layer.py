@@ -259,8 +259,7 @@ def member_layers(clf, layer, what: str) -> tuple[tuple[int, str], ...] | None:
             continue
         if not isinstance(value, str) or not value:
             raise InputError(
-                f"{what}: the layer of member {i} ({names[i]}) must be a module name, "
-                f"got {value!r}"
+                f"{what}: the layer of member {i} ({names[i]}) must be a module name, got {value!r}"
             )
         owner = _path_member(value)
         if owner is not None and owner != i:
