@@ -9,11 +9,12 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import captum.attr as ca
 import pytest
 import torch
 import torchvision
 from model_guard import SmallNet, assert_untouched, randomize_batchnorm
-from test_attr_captum import _compare
+from test_attr_captum import _compare, module_layer
 from torch import nn
 
 import xraylens as xl
@@ -137,13 +138,102 @@ def test_equals_captum_on_the_ensemble_module(method, params):
     _compare(method, ens, _x(), params, rtol=1e-6)
 
 
-def test_grad_cam_needs_a_member_layer_and_explains_that_member():
+MEMBER_LAYERS = {0: "layer4", 1: "features.18", 2: "conv2"}
+
+
+def test_grad_cam_of_one_member_layer_is_that_members_weighted_cam():
     ens, x = ensemble(), _x()
-    with pytest.raises(xl.InputError, match="no cam_layer; pass layer="):
-        xl.get_attributor("grad_cam").attribute(ens, x, [0])
     got = xl.get_attributor("grad_cam", layer="members.2.conv2", relu=False).attribute(ens, x, [1])
     member = xl.get_attributor("grad_cam", relu=False).attribute(members()[2], x, [1])
     torch.testing.assert_close(got.values, ens.weights[2] * member.values, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        MEMBER_LAYERS,
+        ["layer4", "features.18", "conv2"],
+        ("members.2.conv2", "members.0.layer4", "members.1.features.18"),
+    ],  # fmt: skip
+)
+def test_grad_cam_with_a_layer_per_member_is_the_weighted_sum_of_the_members_cams(layer, relu):
+    ens, x = ensemble(), _x()
+    got = xl.get_attributor("grad_cam", layer=layer, relu=relu).attribute(ens, x, ["b", "a"])
+    want = 0
+    for i, (w, clf) in enumerate(zip(ens.weights, members())):
+        targets = ["b", "A" if clf.name == "mobilenet_v2" else "a"]
+        att = xl.get_attributor("grad_cam", layer=MEMBER_LAYERS[i], relu=relu)
+        want = want + w * att.attribute(clf, x, targets).values.double()
+    scale = float(want.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(got.values.double(), want, rtol=0, atol=1e-6 * scale)
+
+
+def test_default_cam_layers_of_every_member():
+    res, _, small = members()
+    ens, x = xl.Ensemble([res, small], weights=[1, 3]), _x()
+    got = xl.get_attributor("grad_cam").attribute(ens, x, [0, 2]).values.double()
+    want = sum(w * xl.get_attributor("grad_cam").attribute(c, x, [0, 2]).values.double()
+               for w, c in zip(ens.weights, (res, small)))  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * float(want.abs().max()))
+    guided = xl.get_attributor("guided_grad_cam").attribute(ens, x, [0]).values
+    assert guided.shape == (2, 1, 1, 32, 32) and guided.abs().max() > 0
+
+
+@pytest.mark.parametrize("method", ["grad_cam_pp", "xgrad_cam", "hires_cam", "layer_cam"])
+def test_the_cam_family_sums_a_map_per_member_layer(method):
+    ens, x = ensemble(), _x()
+    got = xl.get_attributor(method, layer=MEMBER_LAYERS).attribute(ens, x, ["c"]).values
+    one = [xl.get_attributor(method, layer=f"members.{i}.{v}").attribute(ens, x, ["c"]).values
+           for i, v in MEMBER_LAYERS.items()]  # fmt: skip
+    want = sum(v.double() for v in one)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-6 * float(want.abs().max()))
+    if method == "hires_cam":  # linear in the gradient: w_i times the member's own map
+        own = xl.get_attributor(method, layer="conv2").attribute(members()[2], x, ["c"]).values
+        torch.testing.assert_close(one[2], ens.weights[2] * own, rtol=1e-5, atol=1e-9)
+
+
+def test_grad_cam_per_member_equals_captum_summed_over_the_layers_for_mean_probs():
+    ens, x = ensemble("mean_probs"), _x()
+    got = xl.get_attributor("grad_cam", layer=MEMBER_LAYERS, relu=False).attribute(ens, x, [0, 3])
+    module = ens.forward_module()
+    want = []
+    for t in (0, 3):
+        total = 0
+        for i, name in MEMBER_LAYERS.items():
+            layer = module_layer(module, f"members.{i}.{name}")
+            cam = ca.LayerGradCam(module, layer).attribute(x, target=t)
+            total = total + ca.LayerAttribution.interpolate(cam, x.shape[-2:], "bilinear")
+        want.append(total.detach())
+    want = torch.stack(want, 1)
+    scale = float(want.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(got.values.double(), want, rtol=0, atol=1e-6 * scale)
+
+
+def test_cam_layers_that_cannot_be_used_name_the_member():
+    ens, x = ensemble(), _x(1)
+    with pytest.raises(xl.InputError, match=r"no default CAM layer for member 1 \(mobilenet_v2\)"):
+        xl.get_attributor("grad_cam").attribute(ens, x, [0])
+    bad = {0: "layer4", 1: "features.99", 2: "conv2"}
+    with pytest.raises(xl.InputError, match=r"member 1 \(mobilenet_v2\) has no module 'feat"):
+        xl.get_attributor("grad_cam", layer=bad).attribute(ens, x, [0])
+    with pytest.raises(xl.InputError, match="layer key 3 is no member index"):
+        xl.get_attributor("grad_cam", layer={3: "conv2"}).attribute(ens, x, [0])
+    with pytest.raises(xl.InputError, match="2 entries for the ensemble's 3 members"):
+        xl.get_attributor("grad_cam", layer=["layer4", "conv2"]).attribute(ens, x, [0])
+    with pytest.raises(xl.InputError, match="is in member 0, given for member 2"):
+        xl.get_attributor("grad_cam", layer={2: "members.0.layer4"}).attribute(ens, x, [0])
+    with pytest.raises(xl.InputError, match="not an xl.Ensemble"):
+        xl.get_attributor("grad_cam", layer={0: "conv2"}).attribute(members()[2], x, [0])
+    for method, why in (("eigen_cam", "uses no gradient"), ("ablation_cam", "ablating several")):
+        with pytest.raises(xl.InputError, match=f"{method} cannot sum layers of member 0 "
+                           rf"\(resnet18\), member 1 .*{why}"):  # fmt: skip
+            xl.get_attributor(method, layer=MEMBER_LAYERS).attribute(ens, x, [0])
+    # one member's layer still works for them
+    one = xl.get_attributor("eigen_cam", layer={2: "conv2"}).attribute(ens, x, [0]).values
+    assert one.abs().max() > 0
 
 
 def test_memory_budget_holds_across_members():
@@ -190,6 +280,27 @@ def test_naps_per_member_equal_the_members_own():
             assert abs(res.mean[f"members.{i}.{layer}"][g] - ref).max() <= 1e-12 * abs(ref).max()
 
 
+def test_the_recipe_assembles_the_ensembles_naps_from_its_members(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # the repository root
+    from examples.covid_cxr.profile import ensemble_result
+
+    ens, x = ensemble(), _x(4)
+    groups = torch.tensor([[1, 0], [0, 1], [1, 0], [0, 1]], dtype=torch.bool)
+    direct = xl.get_profiler("nap", groups=("g", "h"))
+    direct.update(ens, x, groups)
+    own = []
+    for clf in members():
+        prof = xl.get_profiler("nap", layers=["input", *clf.nap_layers], groups=("g", "h"))
+        prof.update(clf, x, groups)
+        own.append(prof.result())
+    got, want = ensemble_result(own), direct.result()
+    assert set(want.layers) <= set(got.layers)
+    for layer in want.layers:
+        for g in ("g", "h"):
+            ref = want.mean[layer][g]
+            assert abs(got.mean[layer][g] - ref).max() <= 1e-12 * max(abs(ref).max(), 1e-300)
+
+
 def test_bad_members_and_options_are_refused():
     res, mob, net = members()
     with pytest.raises(xl.InputError, match=r"classifiers\[1\] \(mobilenet_v2\) has no label"):
@@ -217,12 +328,18 @@ def test_bad_members_and_options_are_refused():
     assert sub.metadata()["ensemble"]["members"][1]["labels"] == list(LABELS)
 
 
-def test_the_recipe_skips_cam_methods_without_a_layer_for_the_ensemble(monkeypatch):
+def test_the_recipe_explains_the_ensemble_with_cam_methods(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # the repository root
     from examples.covid_cxr.ensemble import explains
 
     ens, small = ensemble(), members()[2]
-    assert not explains(xl.get_attributor("grad_cam"), ens)
+    both = xl.Ensemble([members()[0], small])
+    assert not explains(xl.get_attributor("grad_cam"), ens)  # mobilenet_v2 has no cam_layer
+    assert explains(xl.get_attributor("grad_cam"), both)
+    assert explains(xl.get_attributor("grad_cam", layer=MEMBER_LAYERS), ens)
     assert explains(xl.get_attributor("grad_cam", layer="members.0.layer4"), ens)
+    assert not explains(xl.get_attributor("eigen_cam"), both)
+    assert explains(xl.get_attributor("eigen_cam", layer="members.0.layer4"), both)
+    assert not explains(xl.get_attributor("score_cam"), both)
     assert explains(xl.get_attributor("grad_cam"), small)
     assert explains(xl.get_attributor("saliency"), ens)

@@ -24,6 +24,7 @@ from examples.covid_cxr.context import KILL_ENV  # noqa: E402
 from examples.covid_cxr.metrics import mean_std, multilabel_metrics, summarize_folds  # noqa: E402
 from examples.covid_cxr.profile import exclusive_membership  # noqa: E402
 from examples.covid_cxr.train import compute_loss, plan_steps  # noqa: E402
+from xraylens.evaluate import Results  # noqa: E402
 from xraylens.profile import NAPResult  # noqa: E402
 
 PREPARED = ("run.json", "dataset.json", "splits.json", "cache")
@@ -205,6 +206,44 @@ def test_killed_explain_resumes_to_identical_files(phantom_run, tmp_path):
             assert torch.equal(a.values, b.values) and a.labels == b.labels, key
         else:
             assert got[key].read_bytes() == path.read_bytes(), key
+
+
+def test_the_ensemble_is_saved_profiled_and_scored_like_a_model(phantom_run):
+    out = phantom_run
+    manifest = out / "models/ensemble/fold0/ensemble.json"
+    ens = xl.Ensemble.load(manifest)
+    assert (
+        json.loads(manifest.read_text())["members"][0]["weights"] == "../../resnet18/fold0/best.pt"
+    )
+    assert ens.combine == "mean_probs" and [m.name for m in ens.members] == ["resnet18"]
+    summary = json.loads((out / "naps/ensemble/fold0/summary.json").read_text())
+    assert summary["members"] == ["resnet18"] and "members.0.layer4" in summary["layers"]
+    own = NAPResult.load(out / "naps/resnet18/fold0/nap.npz")
+    nap = NAPResult.load(out / "naps/ensemble/fold0/nap.npz")
+    np.testing.assert_array_equal(nap.sums["members.0.layer4"], own.sums["layer4"])
+    assert (out / "naps/ensemble/fold0/nap_members_0_layer4.png").stat().st_size > 0
+    rows = Results.read(out / "evaluate_maps/results.csv")
+    assert {"resnet18/fold0", "ensemble/fold0"} == set(rows.column("model"))
+    scored = config.get_profile("smoke").evaluate_images
+    assert len(set(rows.filter(model="ensemble/fold0").column("image_id"))) <= scored
+    timing = json.loads((out / "timings.json").read_text())["evaluate-maps"]
+    assert timing["images"]["fold0"]["scored"] == scored
+
+
+def test_killed_evaluate_maps_resumes_to_identical_results(phantom_run, tmp_path):
+    out = tmp_path / "maps"
+    shutil.copytree(phantom_run, out, ignore=shutil.ignore_patterns("evaluate_maps"))
+    done = run_subprocess(["evaluate-maps", "--out", str(out)], env={KILL_ENV: "evaluate_maps:1"})
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert not (out / "evaluate_maps/results.csv").exists()
+    parts = list((out / "evaluate_maps/parts").rglob("*.csv"))
+    assert len(parts) == 1 and not list((out / "evaluate_maps").rglob("*.tmp"))
+    run_cli("evaluate-maps", "--out", str(out))
+    timing = json.loads((out / "timings.json").read_text())["evaluate-maps"]
+    assert timing["resumed_batches"] == 1 and timing["batches"] == 2
+    for name in ("results.csv", "summary.csv", "summary_labels.csv", "summary.md"):
+        got = (out / "evaluate_maps" / name).read_bytes()
+        assert got == (phantom_run / "evaluate_maps" / name).read_bytes(), name
 
 
 # ---------------------------------------------------------------------------- distributed

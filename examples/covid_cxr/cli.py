@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold", type=float)
     g.add_argument("--methods", help="comma-separated attribution methods")
     g.add_argument("--explain-images", type=int, help="test images explained per fold")
+    g.add_argument("--evaluate-images", type=int, help="masked test images evaluate-maps scores")
     g.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
     return ap
 
@@ -122,6 +123,7 @@ OVERRIDES = (
     "threshold",
     "methods",
     "explain_images",
+    "evaluate_images",
 )
 
 

@@ -105,6 +105,8 @@ class Profile:
         threshold: a label is predicted when its sigmoid probability exceeds threshold.
         methods: attributors; method_params: method -> keyword arguments (``"preset"`` allowed).
         explain_images: test images explained per fold (class-balanced sample; None: all).
+        evaluate_images: masked test images scored per fold by ``evaluate-maps`` (a
+            class-balanced sample like ``explain_images``; None: every one with a lung mask).
         explain_folds: folds whose test images are explained (and whose NAPs the report shows;
             ``profile`` covers every fold).
         explain_output: explain ``"probs"`` (sigmoid, the paper) or ``"logits"``.
@@ -140,6 +142,7 @@ class Profile:
     methods: tuple[str, ...] = attrs.field(default=PAPER_METHODS, converter=_names)
     method_params: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     explain_images: int | None = attrs.field(default=None, validator=_optional_positive)
+    evaluate_images: int | None = attrs.field(default=None, validator=_optional_positive)
     explain_folds: tuple[int, ...] = attrs.field(default=(0,), converter=tuple)
     explain_output: str = attrs.field(default="probs", validator=_one_of(OUTPUTS))
     nap_groups: tuple[str, ...] = attrs.field(default=NAP_GROUPS, converter=_names)
@@ -214,6 +217,7 @@ PROFILES: dict[str, Profile] = {
         methods=("saliency", "occlusion"),
         method_params={"occlusion": {"window": (16, 16), "stride": (16, 16)}},
         explain_images=4,
+        evaluate_images=6,
     ),
     "quick": Profile(
         name="quick",
@@ -230,6 +234,7 @@ PROFILES: dict[str, Profile] = {
             "integrated_gradients": {"n_steps": 16},
         },
         explain_images=8,
+        evaluate_images=48,
     ),
     "paper": Profile(
         name="paper",

@@ -2,10 +2,10 @@
 
 For each fold of ``explain_folds``, a sample of ``explain_images`` test images balanced over
 the NAP groups (every test image when None) is explained by every backbone, and by their
-``ensemble`` (an :class:`xl.Ensemble`, mean of probabilities; CAM methods skip it: it has no
-single CAM layer), with every method of the profile. Each model explains, per image, the
-labels that are **true or predicted** by that model (probability above the threshold), as
-per-image targets; the explained output is the sigmoid probability
+``ensemble`` (an :class:`xl.Ensemble`, mean of probabilities; its CAM maps sum the members'
+CAM layers, see :class:`xl.attr.GradCam`), with every method of the profile. Each model
+explains, per image, the labels that are **true or predicted** by that model (probability
+above the threshold), as per-image targets; the explained output is the sigmoid probability
 (``explain_output="probs"``, as the paper) or the logit.
 
 Outputs in ``explain/fold<k>/<image>/``:
@@ -118,7 +118,7 @@ def explain_image(
         }
         pipeline.explain_images(
             clf,
-            {m: a for m, a in attributors.items() if explains(a, clf)},  # CAM: no ensemble layer
+            {m: a for m, a in attributors.items() if explains(a, clf)},  # EigenCAM: no ensemble map
             [pipeline.Item(key=f"{folder.name}/{backbone}", load=lambda: x[0], id=image_id)],
             folder.parent,
             targets=lambda _probs, _items, t=targets: [t],  # true or predicted, as above
@@ -155,12 +155,18 @@ def explain_image(
 def chosen_images(run: Run, prep: Prepared, fold: int) -> list[int]:
     """Store positions of the test images to explain: every one, or a seeded sample balanced
     over the NAP groups (COVID-19, other pneumonia, No Finding; images in none come last)."""
-    test = prep.part(fold, "test")
-    n = run.profile.explain_images
-    if n is None or n >= len(test):
-        return test
+    return balanced_sample(run, prep, prep.part(fold, "test"), run.profile.explain_images, fold)
+
+
+def balanced_sample(
+    run: Run, prep: Prepared, positions: list[int], n: int | None, fold: int
+) -> list[int]:
+    """``n`` of the store ``positions`` (all when None or more), drawn round-robin over the NAP
+    groups with the fold's seed, in store order."""
+    if n is None or n >= len(positions):
+        return list(positions)
     groups = run.profile.nap_groups
-    member = exclusive_membership(prep.store.targets[test], prep.labels, groups)
+    member = exclusive_membership(prep.store.targets[positions], prep.labels, groups)
     rng = np.random.default_rng(run.profile.seed + fold)
     queues = [
         list(rng.permutation(torch.nonzero(member[:, g]).flatten().tolist()))
@@ -169,7 +175,7 @@ def chosen_images(run: Run, prep: Prepared, fold: int) -> list[int]:
     rest = list(rng.permutation(torch.nonzero(~member.any(dim=1)).flatten().tolist()))
     chosen = round_robin(queues, n)
     chosen += [int(i) for i in rest[: n - len(chosen)]]
-    return [test[i] for i in sorted(chosen)]
+    return [positions[i] for i in sorted(chosen)]
 
 
 def explain(run: Run) -> dict[str, Any]:

@@ -191,3 +191,94 @@ def default_layer(probe: LayerProbe, inner: nn.Module, size: tuple[int, int]) ->
         if h * w > 1:
             return name
     return None
+
+
+def member_layers(clf, layer, what: str) -> tuple[tuple[int, str], ...] | None:
+    """The layers of an :class:`~xraylens.core.ensemble.Ensemble` that a CAM method sums, as
+    (member index, module path ``members.i.<layer>``) pairs, from ``layer``:
+
+    - None: every member's default CAM layer (``clf.member_cam_layers``; each needs one);
+    - a mapping member index -> layer name (the member's own name or the module path);
+    - a list / tuple in member order (None skips a member), or of module paths
+      ``members.i.<layer>`` in any order.
+
+    None (one layer, the single-layer path) for a str ``layer`` or a classifier that is not an
+    ensemble; per-member ``layer`` on such a classifier is an error."""
+    members = getattr(clf, "member_cam_layers", None)
+    if isinstance(layer, str):
+        return None
+    if members is None:
+        if layer is None:
+            return None
+        raise InputError(
+            f"{what}: layer={layer!r} names a layer per member, but {clf.name!r} is not an "
+            "xl.Ensemble; pass one module name"
+        )
+    names = [m.name for m in clf.members]
+    if layer is None:
+        missing = [f"member {i} ({names[i]})" for i, m in enumerate(members) if not m]
+        if missing:
+            raise InputError(
+                f"{what}: the ensemble {clf.name!r} has no default CAM layer for "
+                f"{', '.join(missing)}; pass layer= a layer per member, e.g. "
+                "{0: 'layer4', 1: 'features'}, or one member's layer ('members.0.layer4')"
+            )
+        return tuple(enumerate(members))
+    if isinstance(layer, dict):
+        items = []
+        for key, value in layer.items():
+            try:
+                i = int(key)
+            except (TypeError, ValueError):
+                i = -1
+            if isinstance(key, bool) or not 0 <= i < len(members):
+                raise InputError(
+                    f"{what}: layer key {key!r} is no member index of the ensemble "
+                    f"{clf.name!r} (0 to {len(members) - 1})"
+                )
+            items.append((i, value))
+    elif isinstance(layer, (list, tuple)):
+        items = []
+        for pos, value in enumerate(layer):
+            i = _path_member(value)
+            items.append((pos if i is None else i, value))
+        positional = [v for v in layer if _path_member(v) is None]
+        if positional and len(layer) != len(members):
+            raise InputError(
+                f"{what}: layer has {len(layer)} entries for the ensemble's {len(members)} "
+                "members; give one per member (None skips one) or module paths members.i.<layer>"
+            )
+    else:
+        raise InputError(
+            f"{what}: layer must be a module name, a mapping member index -> layer or a list "
+            f"in member order, got {type(layer).__name__}"
+        )
+    out: dict[int, str] = {}
+    for i, value in items:
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            raise InputError(
+                f"{what}: the layer of member {i} ({names[i]}) must be a module name, got {value!r}"
+            )
+        owner = _path_member(value)
+        if owner is not None and owner != i:
+            raise InputError(
+                f"{what}: layer {value!r} is in member {owner}, given for member {i} ({names[i]})"
+            )
+        if i in out:
+            raise InputError(f"{what}: member {i} ({names[i]}) has two layers")
+        out[i] = value if owner is not None else f"members.{i}.{value}"
+    if not out:
+        raise InputError(f"{what}: layer={layer!r} names no member's layer")
+    return tuple(sorted(out.items()))
+
+
+def _path_member(value) -> int | None:
+    """The member index of a module path ``members.i.<layer>``, else None."""
+    if not isinstance(value, str):
+        return None
+    parts = value.split(".", 2)
+    if len(parts) == 3 and parts[0] == "members" and parts[1].isdigit():
+        return int(parts[1])
+    return None

@@ -40,6 +40,10 @@ class AblationCam(CamFromActivation):
     name = "ablation_cam"
     Config = cam_configs.AblationCamConfig
     uses_gradient = False
+    multi_layer = (
+        "Ablation-CAM replaces one layer's output by its ablated copies in one forward; "
+        "ablating several members' layers at once is not defined"
+    )
 
     def setup(self, ctx):
         super().setup(ctx)

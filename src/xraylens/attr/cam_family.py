@@ -130,6 +130,10 @@ class EigenCam(CamFromActivation):
     name = "eigen_cam"
     Config = cam_configs.EigenCamConfig
     uses_gradient = False
+    multi_layer = (
+        "EigenCAM uses no gradient, so nothing weighs one member's principal component "
+        "against another's (the ensemble's weights and combine would not enter the map)"
+    )
 
     def row_maps(self, ctx, rows, out, grad_out, retain):
         # The map does not depend on the label: computed in the chunk's first round only.

@@ -46,7 +46,11 @@ def add_parser(sub, parents=()) -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or globs")
     p.add_argument("--model", default="resnet18", help="classifier name (default: resnet18)")
-    p.add_argument("--weights", help="weights file (.pt/.pth/.safetensors); default: random")
+    p.add_argument(
+        "--weights",
+        help="weights file (.pt/.pth/.safetensors; default: random), or the .json manifest of "
+        "a saved xl.Ensemble (then --model is not used)",
+    )
     p.add_argument(
         "--method",
         action="append",
@@ -278,7 +282,10 @@ def _run(args, methods, device, shard, quiet) -> int:
     paths = expand_inputs(args.images)
     if not paths:
         raise UsageError("no input images found")
-    clf = load_classifier(args.model, args.weights, device, quiet=quiet)
+    if args.weights and str(args.weights).endswith(".json"):  # a saved ensemble's manifest
+        clf = _ensemble(args.weights, device)
+    else:
+        clf = load_classifier(args.model, args.weights, device, quiet=quiet)
     size = args.size or clf.input_size
     if args.size is not None and args.size < clf.min_input_size:
         raise UsageError(
@@ -377,3 +384,9 @@ def attrs_dict(obj) -> dict:
     import attrs
 
     return attrs.asdict(obj)
+
+
+def _ensemble(path: str, device):
+    import xraylens as xl
+
+    return xl.Ensemble.load(path, device=device)

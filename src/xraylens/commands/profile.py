@@ -41,7 +41,11 @@ def add_parser(sub, parents=()) -> argparse.ArgumentParser:
     )
     p.add_argument("data", metavar="DATA", type=Path, help="data folder (see above)")
     p.add_argument("--model", default="resnet18", help="classifier name (default: resnet18)")
-    p.add_argument("--weights", help="weights file (.pt/.pth/.safetensors); default: random")
+    p.add_argument(
+        "--weights",
+        help="weights file (.pt/.pth/.safetensors; default: random), or the .json manifest of "
+        "a saved xl.Ensemble (then --model is not used)",
+    )
     p.add_argument(
         "--groups",
         help="comma-separated group names (labels, sources or folder groups); default: "
@@ -116,7 +120,10 @@ def run(args: argparse.Namespace) -> int:
     ds, described = open_data(args.data, args.size, groups_csv=args.groups_csv)
     groups = split_list(args.groups) if args.groups else None
     member, names = membership(ds, groups, args.group_by)
-    clf = load_classifier(args.model, args.weights, device, quiet=args.quiet)
+    if args.weights and str(args.weights).endswith(".json"):  # a saved ensemble's manifest
+        clf = _ensemble(args.weights, device)
+    else:
+        clf = load_classifier(args.model, args.weights, device, quiet=args.quiet)
     layers = split_list(args.layers) if args.layers else None
     try:
         prof = xl.get_profiler("nap", layers=layers, groups=names)
@@ -181,3 +188,9 @@ def run(args: argparse.Namespace) -> int:
             warn(f"  {path}: {cause}")
         return 1
     return 0
+
+
+def _ensemble(path: str, device):
+    import xraylens as xl
+
+    return xl.Ensemble.load(path, device=device)

@@ -18,16 +18,23 @@ memory probe measures all members together, so ``max_memory`` holds across them.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from xraylens.core.classifier import Classifier, InputNormalize, eval_mode
-from xraylens.errors import InputError
+from xraylens.errors import InputError, UnknownPluginError, WeightsError
 
 COMBINES = ("mean_logits", "mean_probs")
+#: the ``format`` field of a saved ensemble's manifest (:meth:`Ensemble.save`)
+MANIFEST_FORMAT = "xraylens-ensemble/1"
 
 
 class Logit(nn.Module):
@@ -142,7 +149,7 @@ class Ensemble(Classifier):
     Attributes:
         members: the member classifiers; combine, weights (normalised) as given.
         member_cam_layers: ``"members.i.<cam_layer>"`` per member (None where it has none):
-            Grad-CAM explains one layer, so pass one of them as ``layer=``.
+            the CAM methods sum these (one layer per member) when ``layer=`` is None.
     """
 
     def __init__(
@@ -167,6 +174,7 @@ class Ensemble(Classifier):
             raise InputError(f"combine must be one of {COMBINES}, got {combine!r}")
         _check_compatible(members)
         self.members = members
+        self.label_maps = [dict(m) for m in _maps(label_map, len(members))]
         self.combine = combine
         self.weights = _weights(weights, len(members))
         if isinstance(labels, str):
@@ -174,7 +182,7 @@ class Ensemble(Classifier):
         labels = tuple(members[0].labels if labels is None else labels)
         index = [
             _label_index(clf, i, labels, m)
-            for i, (clf, m) in enumerate(zip(members, _maps(label_map, len(members))))
+            for i, (clf, m) in enumerate(zip(members, self.label_maps))
         ]
         first = members[0]
         inputs = [
@@ -229,6 +237,126 @@ class Ensemble(Classifier):
             "members": [clf.metadata() for clf in self.members],
         }
         return meta
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        member_weights: Sequence[str | os.PathLike | None] | None = None,
+        member_kwargs: Sequence[Mapping | None] | None = None,
+    ) -> Path:
+        """Write a JSON manifest that :meth:`load` rebuilds this ensemble from.
+
+        The manifest holds combine, weights, labels, label maps and, per member, its
+        registered classifier name, constructor keyword arguments (``member_kwargs``, JSON
+        values) and weights file (path relative to the manifest, and its sha256). Each member
+        needs a registered name (``xl.list_classifiers()``). ``member_weights``: an existing
+        weights file per member (e.g. the training checkpoints; None: written); written files
+        are ``<manifest stem>.member<i>.pt`` beside the manifest (``Classifier.save``).
+        Atomic: no half-written manifest."""
+        path = Path(path)
+        n = len(self.members)
+        given = list(member_weights) if member_weights is not None else [None] * n
+        kwargs = list(member_kwargs) if member_kwargs is not None else [None] * n
+        if len(given) != n or len(kwargs) != n:
+            raise InputError(f"member_weights and member_kwargs need one entry per member ({n})")
+        known = set(list_registered())
+        entries = []
+        for i, (clf, file, kw) in enumerate(zip(self.members, given, kwargs)):
+            if clf.name not in known:
+                raise InputError(
+                    f"member {i} ({clf.name}) is no registered classifier, so a manifest cannot "
+                    "rebuild it; build members with xl.get_classifier(name, ...)"
+                )
+            if file is None:
+                file = clf.save(path.with_name(f"{path.stem}.member{i}.pt"))
+            file = Path(file)
+            if not file.is_file():
+                raise WeightsError(f"member {i} ({clf.name}): weights file {file} does not exist")
+            entries.append({
+                "classifier": clf.name,
+                "kwargs": dict(kw or {}),
+                "weights": Path(os.path.relpath(file.resolve(), path.resolve().parent)).as_posix(),
+                "sha256": _sha256(file),
+            })  # fmt: skip
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "name": self.name,
+            "combine": self.combine,
+            "weights": list(self.weights),
+            "labels": list(self.labels),
+            "label_map": self.label_maps,
+            "members": entries,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, *, device=None, check_hash: bool = True, factory=None
+    ) -> Ensemble:
+        """The ensemble a manifest from :meth:`save` describes: each member rebuilt through
+        the registry (``xl.get_classifier(name, weights=file, **kwargs)``), its modules moved
+        to ``device`` (default: where they are built) and put in eval mode. Errors name the
+        manifest and the member: a missing or changed weights file (sha256; ``check_hash``)
+        is a :class:`~xraylens.WeightsError`, an unknown classifier an :class:`InputError`.
+        ``factory(name, **kwargs) -> Classifier``: default the registry's ``xl.get_classifier``."""
+        factory = factory or _registry().get_classifier
+        path = Path(path)
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"ensemble manifest {path}: cannot read it ({exc})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+            raise InputError(f"{path} is no ensemble manifest (format {MANIFEST_FORMAT!r})")
+        members = []
+        for i, entry in enumerate(manifest["members"]):
+            where = f"ensemble manifest {path}, member {i} ({entry['classifier']})"
+            file = path.parent / entry["weights"]
+            if not file.is_file():
+                raise WeightsError(f"{where}: weights file {file} does not exist")
+            if check_hash and _sha256(file) != entry["sha256"]:
+                raise WeightsError(
+                    f"{where}: weights file {file} changed since the manifest was written "
+                    "(sha256 differs); save the ensemble again"
+                )
+            try:
+                clf = factory(entry["classifier"], weights=file, **(entry.get("kwargs") or {}))
+            except UnknownPluginError as exc:
+                raise InputError(f"{where}: unknown classifier: {exc.args[0]}") from None
+            if device is not None:
+                clf.module.to(device)
+            clf.module.eval()
+            members.append(clf)
+        return cls(
+            members,
+            manifest["combine"],
+            manifest["weights"],
+            labels=manifest["labels"],
+            label_map=manifest.get("label_map"),
+            name=manifest.get("name", "ensemble"),
+        )
+
+
+def _registry():
+    """The package root (``xl``: ``get_classifier``, ``list_classifiers``), bound late: the
+    registry sits above ``core`` (it loads the models), so ``core`` does not import it; the
+    root is always loaded when this runs (``xraylens.core.ensemble`` is imported through it)."""
+    return sys.modules["xraylens"]
+
+
+def list_registered() -> list[str]:
+    return _registry().list_classifiers()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _check_compatible(members: tuple[Classifier, ...]) -> None:
