@@ -343,3 +343,17 @@ def test_the_recipe_explains_the_ensemble_with_cam_methods(monkeypatch):
     assert not explains(xl.get_attributor("score_cam"), both)
     assert explains(xl.get_attributor("grad_cam"), small)
     assert explains(xl.get_attributor("saliency"), ens)
+
+
+@pytest.mark.parametrize("combine", ["mean_logits", "mean_probs"])
+@pytest.mark.parametrize("method", ["saliency", "deeplift", "integrated_gradients"])
+def test_an_ensemble_of_one_model_explains_as_that_model(combine, method):
+    """The recipe does not score a one-member ensemble's maps twice: they are the member's."""
+    res = members()[0]
+    one = xl.Ensemble([res], combine)
+    x = _x()
+    att = xl.get_attributor(method, **({"n_steps": 8} if method == "integrated_gradients" else {}))
+    for output in ("logits", "probs"):
+        mine = att.attribute(one, x, targets="all", output=output).values
+        own = att.attribute(res, x, targets="all", output=output).values
+        torch.testing.assert_close(mine, own, rtol=1e-6, atol=1e-6 * float(own.abs().max()))

@@ -137,6 +137,9 @@ def resolve_profile(args) -> tuple[config.Profile, Path, str | None]:
         stored = read_json(args.out / "run.json")
     if args.profile is None and stored is not None:
         settings = dict(stored["settings"])
+        named = config.PROFILES.get(settings.get("name"))
+        if named is not None:  # fields added since the run was prepared: the profile's own
+            settings = {**named.to_dict(), **settings}
         base = config.Profile(**settings)
         changes = {k: v for k, v in overrides.items() if v is not None}
         profile = base.replace(**changes) if changes else base

@@ -1,7 +1,8 @@
 """Step ``evaluate-maps``: how much of each method's attribution falls inside the lungs.
 
 For each fold of ``explain_folds`` and each backbone and their ``ensemble``
-(:func:`~examples.covid_cxr.ensemble.load_ensemble`; CAM methods as in ``explain``), the **test
+(:func:`~examples.covid_cxr.ensemble.load_ensemble`; CAM methods as in ``explain``; with one
+backbone the ensemble is that model and is not scored again), the **test
 images that have a lung mask** (the datasets' human-reviewed masks; phantoms carry their own;
 ``evaluate_images`` of them, class-balanced, or every one when None) are explained by every
 method of the profile, for the labels true or predicted for it (as the ``explain`` step), and scored
@@ -101,12 +102,18 @@ def _score_batch(run, prep, clf, name, fold, pos, masks, attributors, metrics, p
     return table
 
 
+def scored_models(p) -> list[str]:
+    """The backbones, and their ensemble when it has more than one member (an ensemble of one
+    model gives that model's maps: tested in tests/test_ensemble.py; not scored twice)."""
+    return [*p.backbones, "ensemble"] if len(p.backbones) > 1 else list(p.backbones)
+
+
 def _settings_key(run: Run, chosen: dict[int, list[str]], attributors) -> str:
     """A hash of what decides the rows: images, models, methods and their parameters."""
     p = run.profile
     data = {
         "images": chosen,
-        "models": [*p.backbones, "ensemble"],
+        "models": scored_models(p),
         "params": {m: a.params for m, a in attributors.items()},
         "output": p.explain_output,
         "threshold": p.threshold,
@@ -142,7 +149,7 @@ def evaluate_maps(run: Run) -> dict[str, Any] | None:
     parts = out / "parts" / _settings_key(run, ids, attributors)
     if run.force and (out / "parts").is_dir():
         shutil.rmtree(out / "parts")
-    models = [*p.backbones, "ensemble"]
+    models = scored_models(p)
     jobs = [(fold, name, start) for fold in p.explain_folds for name in models
             for start in range(0, len(chosen[fold]), BATCH)]  # fmt: skip
     files = []

@@ -60,7 +60,8 @@ def get_classifier(name: str, **kwargs: Any) -> Classifier:
     return _create("classifier", name, kwargs)
 
 
-set_registry_build(get_classifier)  # Classifier.load(path) builds registered names
+set_registry_build(get_classifier, lambda: list_classifiers())  # for Classifier.load,
+# Ensemble.load: core builds registered names without importing the registry
 
 
 def get_attributor(name: str, **kwargs: Any) -> Attributor:

@@ -290,15 +290,28 @@ class Classifier:
         return cls(module, labels, **fields)
 
 
-#: ``get_classifier``, set by the registry when it loads (core must not import it).
+#: ``get_classifier`` and ``list_classifiers``, set by the registry when it loads (core must
+#: not import it).
 _registry_build = None
+_registry_names = None
 
 
-def set_registry_build(build) -> None:
-    """Let :meth:`Classifier.load` build registered classifiers by name (called by the
-    package at import; ``build(name, **kwargs) -> Classifier``)."""
-    global _registry_build
+def set_registry_build(build, names=None) -> None:
+    """Let :meth:`Classifier.load` and :meth:`~xraylens.Ensemble.load` build registered
+    classifiers by name (called by the package at import; ``build(name, **kwargs) ->
+    Classifier``, ``names() -> list[str]``)."""
+    global _registry_build, _registry_names
     _registry_build = build
+    if names is not None:
+        _registry_names = names
+
+
+def registry_build():
+    """``build(name, **kwargs) -> Classifier`` and ``names() -> list[str]`` of the registry
+    (an :class:`InputError` before the package has set them)."""
+    if _registry_build is None or _registry_names is None:
+        raise InputError("no classifier registry: import xraylens first")
+    return _registry_build, _registry_names
 
 
 def classifier_factory(build):

@@ -22,14 +22,13 @@ import hashlib
 import json
 import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from xraylens.core.classifier import Classifier, InputNormalize, eval_mode
+from xraylens.core.classifier import Classifier, InputNormalize, eval_mode, registry_build
 from xraylens.errors import InputError, UnknownPluginError, WeightsError
 
 COMBINES = ("mean_logits", "mean_probs")
@@ -303,7 +302,7 @@ class Ensemble(Classifier):
         manifest and the member: a missing or changed weights file (sha256; ``check_hash``)
         is a :class:`~xraylens.WeightsError`, an unknown classifier an :class:`InputError`.
         ``factory(name, **kwargs) -> Classifier``: default the registry's ``xl.get_classifier``."""
-        factory = factory or _registry().get_classifier
+        factory = factory or registry_build()[0]
         path = Path(path)
         try:
             manifest = json.loads(path.read_text())
@@ -340,15 +339,8 @@ class Ensemble(Classifier):
         )
 
 
-def _registry():
-    """The package root (``xl``: ``get_classifier``, ``list_classifiers``), bound late: the
-    registry sits above ``core`` (it loads the models), so ``core`` does not import it; the
-    root is always loaded when this runs (``xraylens.core.ensemble`` is imported through it)."""
-    return sys.modules["xraylens"]
-
-
 def list_registered() -> list[str]:
-    return _registry().list_classifiers()
+    return registry_build()[1]()
 
 
 def _sha256(path: Path) -> str:
