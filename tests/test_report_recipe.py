@@ -64,11 +64,12 @@ def test_report_html_holds_the_audit_panels_curves_and_nap_energy(tmp_path):
     from xraylens.report.outputs import typical_lungs
 
     out = tmp_path / "run"
-    steps = "prepare,train,explain,profile,report"
+    steps = "prepare,train,explain,evaluate-maps,profile,report"
     assert cli.main([steps, "--profile", "smoke", "--data", "phantoms", "--out", str(out),
                      "--no-progress"]) == 0  # fmt: skip
     page = (out / "report.html").read_text(encoding="utf-8")
-    for heading in ("Shortcut audit", "Deletion and insertion curves (fold 0)",
+    for heading in ("Attribution inside the lungs", "Shortcut audit",
+                    "Deletion and insertion curves (fold 0)",
                     "Per-image maps (fold 0)", "Neuron Activation Profiles"):  # fmt: skip
         assert f"<h2>{heading}</h2>" in page, heading
     assert "share lungs (x area)" in page and "reads markers" in page  # the rules, the table
@@ -84,3 +85,9 @@ def test_report_html_holds_the_audit_panels_curves_and_nap_energy(tmp_path):
     nap = NAPResult.load(run.nap_dir("resnet18", 0) / "nap.npz")
     rows = audit.nap_outside_lungs(nap, typical_lungs(list(lung_masks(run, ids).values())))
     assert rows and all(f'data-v="{float(r["ratio"])!r}">' in page for r in rows)
+    from xraylens.evaluate import Summary
+
+    lungs = Summary.read(out / "evaluate_maps" / "summary.csv")  # the evaluate-maps numbers
+    assert len(lungs) and all(f'data-v="{float(r["mean"])!r}">' in page for r in lungs)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert all(f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]" in md for r in lungs)

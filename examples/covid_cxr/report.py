@@ -22,7 +22,7 @@ from examples.covid_cxr.data import read_json
 from examples.covid_cxr.metrics import fmt
 from xraylens.core.atomic import atomic_write_text
 
-STEPS = ("prepare", "train", "evaluate", "ensemble", "explain", "profile")
+STEPS = ("prepare", "train", "evaluate", "ensemble", "explain", "evaluate-maps", "profile")
 MAX_FIGURES = 12  # explanation figures shown inline; the rest are linked from the index
 MAX_PANELS = 8  # images in report.html's panels
 MAX_CURVES = 4  # of those, images whose deletion / insertion curves the step computes
@@ -218,6 +218,52 @@ def _section_results(run: Run) -> list[str]:
         )
         lines += ["</details>", ""]
     return lines
+
+
+LUNG_METRICS = {
+    "region_share": "share of positive attribution inside the lungs",
+    "share_ratio": "that share / the lungs' area share (1 = chance)",
+    "pointing_game": "the map's maximum inside the lungs (hit rate)",
+    "iou": "IoU of the Otsu-binarised map with the lungs",
+}
+
+
+def _lung_rows(run: Run) -> tuple[list[list[Any]], str] | None:
+    """The evaluate-maps step's pooled summary (model, method, metric, mean, 95% CI, n) and a
+    sentence on what was scored; None before the step ran."""
+    from xraylens.evaluate import Summary
+
+    path = run.out / "evaluate_maps" / "summary.csv"
+    if not path.is_file():
+        return None
+    rows = [[r["model"], r["method"], r["metric"], r["mean"], r["ci_low"], r["ci_high"], r["n"]]
+            for r in Summary.read(path)]  # fmt: skip
+    images = ((_load(run.out / "timings.json") or {}).get("evaluate-maps") or {}).get("images")
+    scored = "; ".join(
+        f"{fold}: {c['scored']} of {c['with_lung_mask']} test images with a lung mask "
+        f"({c['test']} test images)" for fold, c in (images or {}).items() if "scored" in c
+    )  # fmt: skip
+    text = (
+        "Every method's maps of a class-balanced sample of the test images that have a "
+        "human-reviewed lung mask, for the labels true or predicted for each image, scored "
+        "against the mask (evaluate_maps/, `xraylens.evaluate`): "
+        + "; ".join(f"**{k}** {v}" for k, v in LUNG_METRICS.items())
+        + ". Mean over (image, label) pairs with a 95% bootstrap CI resampling patients; n: "
+        "pairs." + (f" Scored: {scored}." if scored else "")
+        + (" One backbone: the ensemble is that model and is not scored again."
+           if len(run.profile.backbones) == 1 else "")
+    )  # fmt: skip
+    return rows, text
+
+
+def _section_lungs(run: Run) -> list[str]:
+    found = _lung_rows(run)
+    if found is None:
+        return []
+    rows, text = found
+    body = [[m, me, mt, f"{v:.3f} [{lo:.3f}, {hi:.3f}]", n] for m, me, mt, v, lo, hi, n in rows]
+    return ["## Attribution inside the lungs", "", text, "",
+            *_table(["model", "method", "metric", "mean [95% CI]", "n"], body)]  # fmt: skip
 
 
 def _section_explain(run: Run) -> list[str]:
@@ -434,6 +480,14 @@ def html_document(run: Run):
             Table(header, rows, caption="the paper's Table 2 layout"),
             Table(["label", *models], per_label, caption="per-label F1 (test positives)"),
         ]))  # fmt: skip
+    lungs = _lung_rows(run)
+    if lungs is not None:
+        rows, text = lungs
+        doc.sections.append(Section("Attribution inside the lungs", [
+            Paragraph(text),
+            Table(["model", "method", "metric", "mean", "95% CI low", "95% CI high", "n"], rows,
+                  caption="evaluate_maps/summary.csv", digits=(0, 0, 0, 3, 3, 3, 0)),
+        ]))  # fmt: skip
     prep = load_prepared(run) if (run.out / "dataset.json").is_file() else None
     for fold in p.explain_folds:
         items = _explained(run, prep, fold) if prep is not None else []
@@ -499,6 +553,7 @@ def report(run: Run) -> Path | None:
         _section_data,
         _section_training,
         _section_results,
+        _section_lungs,
         _section_explain,
         _section_naps,
     ):
