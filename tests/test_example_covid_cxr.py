@@ -232,19 +232,24 @@ def test_the_ensemble_is_saved_profiled_and_scored_like_a_model(phantom_run):
 
 
 def test_killed_evaluate_maps_resumes_to_identical_results(phantom_run, tmp_path):
-    out = tmp_path / "maps"
-    shutil.copytree(phantom_run, out, ignore=shutil.ignore_patterns("evaluate_maps"))
-    done = run_subprocess(["evaluate-maps", "--out", str(out)], env={KILL_ENV: "evaluate_maps:1"})
+    # all 9 test phantoms (each has lung masks): 2 batches (8 + 1) of the one backbone
+    step = ["evaluate-maps", "--evaluate-images", "9"]
+    whole, out = tmp_path / "whole", tmp_path / "maps"
+    for folder in (whole, out):
+        shutil.copytree(phantom_run, folder, ignore=shutil.ignore_patterns("evaluate_maps"))
+    run_cli(*step, "--out", str(whole))
+    done = run_subprocess([*step, "--out", str(out)], env={KILL_ENV: "evaluate_maps:1"})
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     assert not (out / "evaluate_maps/results.csv").exists()
     parts = list((out / "evaluate_maps/parts").rglob("*.csv"))
     assert len(parts) == 1 and not list((out / "evaluate_maps").rglob("*.tmp"))
-    run_cli("evaluate-maps", "--out", str(out))
+    run_cli(*step, "--out", str(out))
     timing = json.loads((out / "timings.json").read_text())["evaluate-maps"]
     assert timing["resumed_batches"] == 1 and timing["batches"] == 2
+    assert timing["images"]["fold0"]["scored"] == 9
     for name in ("results.csv", "summary.csv", "summary_labels.csv", "summary.md"):
         got = (out / "evaluate_maps" / name).read_bytes()
-        assert got == (phantom_run / "evaluate_maps" / name).read_bytes(), name
+        assert got == (whole / "evaluate_maps" / name).read_bytes(), name
 
 
 # ---------------------------------------------------------------------------- distributed
