@@ -65,10 +65,12 @@ def _solve(x: torch.Tensor, removed: torch.Tensor, tol: float, max_iter: int) ->
 
     def laplacian(z: torch.Tensor) -> torch.Tensor:
         # (sum of weighted neighbours) - (sum of weights) * z; zero padding = no neighbour
-        return _neighbours(z) - degree * z
+        return _neighbours(z).sub_(degree * z)
 
     def op(z: torch.Tensor) -> torch.Tensor:  # SPD on the unknown pixels
-        return -unknown * laplacian(unknown * z)
+        # -U L U z = U (degree z - N(U z)) for z zero off U (as every CG vector is)
+        uz = unknown * z
+        return (degree * uz).sub_(_neighbours(uz)).mul_(unknown)
 
     rhs = unknown * laplacian(known)  # moves the known neighbours to the right-hand side
     # start from a push-pull fill (the kept pixels' mean at coarser and coarser scales): it
@@ -76,19 +78,19 @@ def _solve(x: torch.Tensor, removed: torch.Tensor, tol: float, max_iter: int) ->
     z = unknown * _push_pull(known, 1 - unknown)
     r = rhs - op(z)
     p = r.clone()
-    rs = (r * r).flatten(1).sum(-1)
+    rs = torch.einsum("bchw,bchw->b", r, r)
     stop = (tol**2) * rs.clamp(min=1e-300)
     for _ in range(max_iter):
         if bool((rs <= stop).all()):
             break
         ap = op(p)
-        denom = (p * ap).flatten(1).sum(-1)
-        alpha = torch.where(denom > 0, rs / denom.clamp(min=1e-300), 0.0)
-        z = z + alpha[:, None, None, None] * p
-        r = r - alpha[:, None, None, None] * ap
-        rs_new = (r * r).flatten(1).sum(-1)
+        denom = torch.einsum("bchw,bchw->b", p, ap)
+        alpha = torch.where(denom > 0, rs / denom.clamp(min=1e-300), 0.0)[:, None, None, None]
+        z.addcmul_(alpha, p)
+        r.addcmul_(alpha, ap, value=-1)
+        rs_new = torch.einsum("bchw,bchw->b", r, r)
         beta = torch.where(rs > 0, rs_new / rs.clamp(min=1e-300), 0.0)
-        p = r + beta[:, None, None, None] * p
+        p.mul_(beta[:, None, None, None]).add_(r)
         rs = rs_new
     return (known + unknown * z).to(orig_dtype)
 
