@@ -26,6 +26,20 @@ def plain(doc: str | None) -> str:
     return text.replace("``", "")
 
 
+def add_command(sub, name: str, doc: str | None, help: str, parents=()):
+    """A subcommand parser on ``sub`` whose ``--help`` is the module docstring ``doc`` (as
+    :func:`plain` text, line breaks kept)."""
+    import argparse
+
+    return sub.add_parser(
+        name,
+        parents=list(parents),
+        help=help,
+        description=plain(doc),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def say(message: str = "", *, quiet: bool = False) -> None:
     """Print a progress line to stdout (flushed: lines show up live in CI logs)."""
     if not quiet:

@@ -18,17 +18,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from xraylens.commands.common import UsageError, plain, say, warn
+from xraylens.commands.common import UsageError, add_command, say, warn
 
 
 def add_parser(sub, parents=()) -> argparse.ArgumentParser:
     """Register ``demo`` on the subparsers ``sub``."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "demo",
-        parents=list(parents),
-        help="the offline demo: two models, explained, audited, profiled (75 s on 2 cores)",
-        description=plain(__doc__),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        __doc__,
+        "the offline demo: two models, explained, audited, profiled (75 s on 2 cores)",
+        parents,
     )
     p.add_argument(
         "--out",

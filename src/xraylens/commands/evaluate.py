@@ -29,9 +29,9 @@ from typing import Any
 from xraylens.commands.common import (
     IMAGE_SUFFIXES,
     UsageError,
+    add_command,
     load_classifier,
     parse_value,
-    plain,
     resolve_device,
     say,
     split_list,
@@ -52,12 +52,12 @@ DEFAULT_METRICS = (
 
 def add_parser(sub, parents=()) -> argparse.ArgumentParser:
     """Register ``evaluate`` on the subparsers ``sub``."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "evaluate",
-        parents=list(parents),
-        help="score explained maps against masks (tidy table + summary with CIs)",
-        description=plain(__doc__),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        __doc__,
+        "score explained maps against masks (tidy table + summary with CIs)",
+        parents,
     )
     p.add_argument("explained", metavar="EXPLAIN_OUT", type=Path, help="xraylens explain output")
     p.add_argument("--masks", type=Path, help="folder of mask files named like the images")

@@ -20,12 +20,12 @@ from typing import Any
 
 from xraylens.commands.common import (
     UsageError,
+    add_command,
     expand_inputs,
     load_classifier,
     memory,
     output_keys,
     parse_value,
-    plain,
     resolve_device,
     say,
     split_list,
@@ -37,12 +37,8 @@ SPECIAL_LABELS = ("all", "predicted")
 
 def add_parser(sub, parents=()) -> argparse.ArgumentParser:
     """Register ``explain`` on the subparsers ``sub``."""
-    p = sub.add_parser(
-        "explain",
-        parents=list(parents),
-        help="attribution maps for image files (.npz + PNG overlays)",
-        description=plain(__doc__),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(
+        sub, "explain", __doc__, "attribution maps for image files (.npz + PNG overlays)", parents
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or globs")
     p.add_argument("--model", default="resnet18", help="classifier name (default: resnet18)")
@@ -93,36 +89,33 @@ def add_parser(sub, parents=()) -> argparse.ArgumentParser:
     return p
 
 
-def _probability(text: str) -> float:
-    """argparse type: a float strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value:g}")
-    return value
+def _bounded(low: float, high: float, closed: str, expected: str):
+    """An argparse type: a float in the interval from ``low`` to ``high``; ``closed`` says which
+    ends belong to it (``"low"``, ``"high"``, ``"both"`` or ``""``); ``expected`` names it in
+    the message for text that is no number."""
+    left, right = (
+        "[" if closed in ("low", "both") else "(",
+        "]" if closed in ("high", "both") else ")",
+    )
+    interval = f"{left}{low:g}, {high:g}{right}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        above = value >= low if left == "[" else value > low
+        below = value <= high if right == "]" else value < high
+        if not (above and below):
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {value:g}")
+        return value
+
+    return parse
 
 
-def _percent(text: str) -> float:
-    """argparse type: a percentage in [0, 100)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
-    if not 0.0 <= value < 100.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 100), got {value:g}")
-    return value
-
-
-def _unit(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value:g}")
-    return value
+_probability = _bounded(0.0, 1.0, "", "a number in (0, 1)")  # strictly between 0 and 1
+_percent = _bounded(0.0, 100.0, "low", "a percentage")  # [0, 100)
+_unit = _bounded(0.0, 1.0, "both", "a number in [0, 1]")
 
 
 def _figure_flags(p: argparse.ArgumentParser) -> None:

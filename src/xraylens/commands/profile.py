@@ -21,8 +21,8 @@ from pathlib import Path
 
 from xraylens.commands.common import (
     UsageError,
+    add_command,
     load_classifier,
-    plain,
     resolve_device,
     say,
     split_list,
@@ -32,12 +32,8 @@ from xraylens.commands.common import (
 
 def add_parser(sub, parents=()) -> argparse.ArgumentParser:
     """Register ``profile`` on the subparsers ``sub``."""
-    p = sub.add_parser(
-        "profile",
-        parents=list(parents),
-        help="Neuron Activation Profiles of a dataset, with plots",
-        description=plain(__doc__),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(
+        sub, "profile", __doc__, "Neuron Activation Profiles of a dataset, with plots", parents
     )
     p.add_argument("data", metavar="DATA", type=Path, help="data folder (see above)")
     p.add_argument("--model", default="resnet18", help="classifier name (default: resnet18)")

@@ -18,17 +18,17 @@ import sys
 import time
 from pathlib import Path
 
-from xraylens.commands.common import UsageError, plain, say, split_list
+from xraylens.commands.common import UsageError, add_command, say, split_list
 
 
 def add_parser(sub, parents=()) -> argparse.ArgumentParser:
     """Register ``report`` on the subparsers ``sub``."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "report",
-        parents=list(parents),
-        help="one HTML/Markdown report from explain, evaluate and profile outputs",
-        description=plain(__doc__),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        __doc__,
+        "one HTML/Markdown report from explain, evaluate and profile outputs",
+        parents,
     )
     p.add_argument(
         "--explain", type=Path, action="append", default=[], help="an explain output (repeat)"
