@@ -19,47 +19,32 @@ import torch
 import torch.distributed as dist
 
 from xraylens.errors import InputError
+from xraylens.pipeline.shard import Shard
 
 T = TypeVar("T")
 
 
 @attrs.define
-class Dist:
-    """This process's place in the job: ``rank`` of ``world`` processes, on ``device``."""
+class Dist(Shard):
+    """This process's place in the job (:class:`xraylens.pipeline.Shard`: ``rank`` of
+    ``world``, ``active``, ``is_main``, ``gather``), its ``local_rank`` and ``device``."""
 
-    rank: int = 0
-    world: int = 1
     local_rank: int = 0
     device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
-    backend: str | None = None
-
-    @property
-    def active(self) -> bool:
-        """True when a process group of more than one process is initialised."""
-        return self.world > 1 and dist.is_available() and dist.is_initialized()
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
     def barrier(self) -> None:
-        if self.active:
-            if self.backend == "nccl":
-                dist.barrier(device_ids=[self.local_rank])
-            else:
-                dist.barrier()
+        if self.active and self.backend == "nccl":  # NCCL: on this process's GPU
+            dist.barrier(device_ids=[self.local_rank])
+        else:
+            super().barrier()
 
     def shard(self, items: Sequence[T]) -> list[T]:
         """This rank's share of ``items``: every ``world``-th item from ``rank`` (disjoint)."""
         return list(items[self.rank :: self.world])
 
     def gather_objects(self, obj: Any) -> list[Any]:
-        """Every rank's ``obj``, in rank order, on every rank."""
-        if not self.active:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
+        """Every rank's ``obj``, in rank order, on every rank (:meth:`Shard.gather`)."""
+        return self.gather(obj)
 
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
@@ -113,9 +98,10 @@ def setup(device: str | None = None, timeout_s: float = 1800.0) -> Dist:
     local_rank = _env_int("LOCAL_RANK", 0)
     dev = choose_device(device, local_rank)
     if world <= 1:
-        return Dist(0, 1, 0, dev, None)
+        return Dist(device=dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         dist.init_process_group(
             backend=backend,
             init_method="env://",
@@ -123,7 +109,7 @@ def setup(device: str | None = None, timeout_s: float = 1800.0) -> Dist:
             rank=rank,
             timeout=datetime.timedelta(seconds=timeout_s),
         )
-    return Dist(rank, world, local_rank, dev, backend)
+    return Dist(rank, world, owned=owned, backend=backend, local_rank=local_rank, device=dev)
 
 
 def teardown(d: Dist) -> None:
